@@ -1,0 +1,1 @@
+"""agentsched domain: models, settings and services. Imports none of api/, actors/, scheduler/."""

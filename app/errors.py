@@ -1,0 +1,80 @@
+"""Domain errors. `app/` never knows HTTP status codes; `api/errors.py` maps these in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class AppError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigurationError(AppError):
+    """A setting is present but wrong; the process must not start."""
+
+    code = "configuration"
+
+
+class InvalidInput(AppError):
+    """Input that breaks a rule; `fields` maps each offending field to what is wrong."""
+
+    code = "invalid_input"
+
+    def __init__(self, fields: Mapping[str, str]) -> None:
+        super().__init__("; ".join(f"{name}: {problem}" for name, problem in fields.items()))
+        self.fields = dict(fields)
+
+
+class InvalidCronExpression(InvalidInput):
+    code = "invalid_cron"
+
+
+class InvalidTimezone(InvalidInput):
+    code = "invalid_timezone"
+
+
+class NotAuthenticated(AppError):
+    code = "unauthorized"
+
+
+class NotFound(AppError):
+    code = "not_found"
+
+
+class Conflict(AppError):
+    code = "conflict"
+
+
+class RunFailure(AppError):
+    """An attempt of a run failed; `retryable` says whether another attempt may help."""
+
+    retryable = True
+
+
+class ProviderError(RunFailure):
+    code = "provider_error"
+
+
+class RunTimeout(RunFailure):
+    code = "timeout"
+
+
+class InsufficientCredits(RunFailure):
+    code = "insufficient_credits"
+    retryable = False
+
+
+class UnknownAgent(RunFailure):
+    code = "unknown_agent"
+    retryable = False
+
+
+class RunCancelled(RunFailure):
+    code = "cancelled"
+    retryable = False

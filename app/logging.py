@@ -1,0 +1,14 @@
+"""Logging, configured once per entry point."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(processName)s %(threadName)s] %(name)s: %(message)s"
+
+
+def configure_logging(level: str | None = None) -> None:
+    logging.basicConfig(
+        level=(level or os.environ.get("LOG_LEVEL", "INFO")).upper(), format=LOG_FORMAT
+    )
