@@ -1,0 +1,71 @@
+"""The Litestar application factory. `api.app:app` builds the app from the environment."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.logging.config import LoggingConfig
+from litestar.openapi import OpenAPIConfig
+
+from api.errors import EXCEPTION_HANDLERS
+from api.routes import agent, health, tasks
+from api.state import ApiState
+from app.db import make_engine, make_session_factory
+from app.logging import configure_logging
+from app.services.run_events import RunWaiter
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> Litestar:
+    from actors import broker  # noqa: F401  (the broker the API sends run messages on)
+    from actors.sending import send_dispatches
+
+    engine = make_engine(settings, pool_size=20)
+    session_factory = make_session_factory(engine)
+    waiter = RunWaiter(settings.database_url)
+    state = ApiState(
+        settings=settings,
+        session_factory=session_factory,
+        waiter=waiter,
+        send=lambda dispatches: send_dispatches(session_factory, dispatches, state.clock),
+    )
+
+    async def start_waiter() -> None:
+        await waiter.start()
+
+    async def stop_waiter() -> None:
+        await waiter.stop()
+        engine.dispose()
+
+    return Litestar(
+        route_handlers=[
+            agent.execute,
+            tasks.list_tasks,
+            tasks.get_task,
+            tasks.list_task_runs,
+            tasks.get_run,
+            tasks.me,
+            health.health,
+        ],
+        state=State({"api": state}),
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        on_startup=[start_waiter],
+        on_shutdown=[stop_waiter],
+        logging_config=LoggingConfig(log_exceptions="always", configure_root_logger=False),
+        openapi_config=OpenAPIConfig(title="agentsched", version="0.1.0", path="/schema"),
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """`api.app:app` for `litestar --app` and uvicorn, built on first access, not at import."""
+    if name == "app":
+        configure_logging()
+        global app
+        app = create_app(get_settings())
+        return app
+    raise AttributeError(name)

@@ -1,0 +1,84 @@
+"""POST /api/agent/execute: create a task and run it now (waiting or not), or schedule it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import anyio
+import msgspec
+from litestar import Request, Response, post
+from litestar.datastructures import State
+from litestar.di import Provide
+
+from api.auth import current_user_id
+from api.schemas.views import iso, run_view, schedule_view
+from api.state import ApiState
+from app.errors import InvalidInput
+from app.services.task_input import ExecuteRequest, parse_execute_request
+from app.services.tasks import CreatedTask, create_task, get_run, is_finished
+
+#: A waiting request answers 202 after at most this long, whatever the run's timeout.
+SYNC_WAIT_CAP_S = 60.0
+
+
+def _create(state: ApiState, user_id: uuid.UUID, request: ExecuteRequest) -> CreatedTask:
+    with state.session_factory.begin() as session:
+        created = create_task(session, user_id, request, state.clock.now())
+    state.send(created.dispatches)  # after commit: the run row exists before its message
+    return created
+
+
+@post("/api/agent/execute", dependencies={"user_id": Provide(current_user_id, sync_to_thread=True)})
+async def execute(request: Request[Any, Any, State], user_id: uuid.UUID) -> Response[dict[str, Any]]:
+    """Create a task. Scheduled: 201. Async: 202 with the queued run. Otherwise wait for it."""
+    state: ApiState = request.app.state.api
+    body = await request.body()
+    try:
+        payload = msgspec.json.decode(body) if body else None
+    except msgspec.DecodeError as exc:
+        raise InvalidInput({"body": f"malformed JSON: {exc}"}) from None
+    parsed = parse_execute_request(payload, default_timezone=state.settings.default_timezone)
+    created = await anyio.to_thread.run_sync(_create, state, user_id, parsed)
+    task, run = created.task, created.run
+    if run is None:
+        return Response(
+            {
+                "taskId": str(task.id),
+                "status": task.status,
+                "schedule": schedule_view(task),
+                "nextRunAt": iso(task.next_run_at),
+            },
+            status_code=201,
+        )
+    queued = {"taskId": str(task.id), "runId": str(run.id), "status": "queued"}
+    if not parsed.wait:
+        return Response(queued, status_code=202)
+    return await _wait_for(state, user_id, run.id, parsed.agent_config["timeout"] / 1000, queued)
+
+
+async def _wait_for(
+    state: ApiState, user_id: uuid.UUID, run_id: uuid.UUID, timeout_s: float, queued: dict[str, Any]
+) -> Response[dict[str, Any]]:
+    def read() -> Any:
+        with state.session_factory() as session:
+            return get_run(session, user_id, run_id)
+
+    async def finished() -> bool:
+        return is_finished(await anyio.to_thread.run_sync(read))
+
+    if not await state.waiter.wait(str(run_id), min(timeout_s, SYNC_WAIT_CAP_S), finished):
+        return Response(queued, status_code=202)
+    view = run_view(await anyio.to_thread.run_sync(read))
+    return Response(
+        {
+            "taskId": view["taskId"],
+            "runId": view["id"],
+            "status": view["status"],
+            "result": view["result"],
+            "error": view["error"],
+            "tokensUsed": view["tokensUsed"],
+            "creditsUsed": view["creditsUsed"],
+        },
+        status_code=200,
+    )

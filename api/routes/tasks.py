@@ -1,0 +1,72 @@
+"""Reading tasks, runs and the caller's account."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from litestar import Request, get
+from litestar.datastructures import State
+from litestar.di import Provide
+
+from api.auth import current_user_id
+from api.schemas.views import me_view, run_view, task_view
+from api.state import ApiState
+from app.services import tasks
+
+USER = {"user_id": Provide(current_user_id, sync_to_thread=True)}
+
+
+def _state(request: Request[Any, Any, State]) -> ApiState:
+    return request.app.state.api  # type: ignore[no-any-return]
+
+
+@get("/api/tasks", dependencies=USER, sync_to_thread=True)
+def list_tasks(
+    request: Request[Any, Any, State],
+    user_id: uuid.UUID,
+    status: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """The caller's tasks, newest first."""
+    with _state(request).session_factory() as session:
+        page = tasks.list_tasks(session, user_id, status=status, limit=limit, cursor=cursor)
+        return {"items": [task_view(task) for task in page.items], "nextCursor": page.next_cursor}
+
+
+@get("/api/tasks/{task_id:uuid}", dependencies=USER, sync_to_thread=True)
+def get_task(request: Request[Any, Any, State], user_id: uuid.UUID, task_id: uuid.UUID) -> dict[str, Any]:
+    """One task with its most recent runs."""
+    with _state(request).session_factory() as session:
+        task = tasks.get_task(session, user_id, task_id)
+        return task_view(task, tasks.recent_runs(session, task.id))
+
+
+@get("/api/tasks/{task_id:uuid}/runs", dependencies=USER, sync_to_thread=True)
+def list_task_runs(
+    request: Request[Any, Any, State],
+    user_id: uuid.UUID,
+    task_id: uuid.UUID,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """The task's runs, newest first."""
+    with _state(request).session_factory() as session:
+        page = tasks.list_runs(session, user_id, task_id, limit=limit, cursor=cursor)
+        return {"items": [run_view(run) for run in page.items], "nextCursor": page.next_cursor}
+
+
+@get("/api/runs/{run_id:uuid}", dependencies=USER, sync_to_thread=True)
+def get_run(request: Request[Any, Any, State], user_id: uuid.UUID, run_id: uuid.UUID) -> dict[str, Any]:
+    """One run."""
+    with _state(request).session_factory() as session:
+        return run_view(tasks.get_run(session, user_id, run_id))
+
+
+@get("/api/me", dependencies=USER, sync_to_thread=True)
+def me(request: Request[Any, Any, State], user_id: uuid.UUID) -> dict[str, Any]:
+    """The caller's account and credits."""
+    state = _state(request)
+    with state.session_factory() as session:
+        return me_view(tasks.get_user(session, user_id), state.clock.now())

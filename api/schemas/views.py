@@ -1,0 +1,79 @@
+"""JSON views of the domain objects (the contract's "Task and run" shapes)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from app.models import Task, TaskRun, User
+from app.services.credits import used_this_month
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def schedule_view(task: Task) -> dict[str, Any] | None:
+    if task.cron is None:
+        return None
+    return {"enabled": task.schedule_enabled, "cron": task.cron, "timezone": task.timezone}
+
+
+def task_view(task: Task, recent_runs: Sequence[TaskRun] | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": str(task.id),
+        "title": task.title,
+        "goal": task.description,
+        "agentType": task.agent_type,
+        "status": task.status,
+        "priority": task.priority,
+        "schedule": schedule_view(task),
+        "agentConfig": task.agent_config,
+        "nextRunAt": iso(task.next_run_at),
+        "lastRunAt": iso(task.last_run_at),
+        "tokensUsed": task.tokens_used,
+        "creditsUsed": task.credits_used,
+        "result": task.result,
+        "error": task.error,
+        "createdAt": iso(task.created_at),
+        "updatedAt": iso(task.updated_at),
+    }
+    if recent_runs is not None:
+        view["recentRuns"] = [run_view(run) for run in recent_runs]
+    return view
+
+
+def run_view(run: TaskRun) -> dict[str, Any]:
+    return {
+        "id": str(run.id),
+        "taskId": str(run.task_id),
+        "trigger": run.trigger,
+        "scheduledFor": iso(run.scheduled_for),
+        "status": run.status,
+        "priority": run.priority,
+        "attempts": run.attempts,
+        "maxAttempts": run.max_attempts,
+        "queuedAt": iso(run.queued_at),
+        "startedAt": iso(run.started_at),
+        "finishedAt": iso(run.finished_at),
+        "tokensUsed": run.tokens_used,
+        "creditsUsed": run.credits_used,
+        "result": run.result,
+        "error": run.error,
+    }
+
+
+def me_view(user: User, now: datetime) -> dict[str, Any]:
+    used = used_this_month(user.credits_used, user.credits_period, now)
+    return {
+        "id": str(user.id),
+        "email": user.email,
+        "plan": user.plan,
+        "monthlyCredits": user.monthly_credits,
+        "creditsUsed": used,
+        "creditsReserved": user.credits_reserved,
+        "creditsRemaining": max(0, user.monthly_credits - used - user.credits_reserved),
+    }

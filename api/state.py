@@ -1,0 +1,50 @@
+"""What the handlers share: settings, sessions, the run waiter and the API-key cache."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.clock import SYSTEM_CLOCK, Clock
+from app.services.dispatch import Dispatch
+from app.services.run_events import RunWaiter
+from app.settings import Settings
+
+#: How long a verified API key is trusted without asking Postgres again (seconds).
+API_KEY_CACHE_TTL_S = 10.0
+
+
+@dataclass
+class ApiKeyCache:
+    """Verified key hashes, so a busy client costs one lookup per TTL, not one per request."""
+
+    ttl_s: float = API_KEY_CACHE_TTL_S
+    _entries: dict[str, tuple[uuid.UUID, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, key_hash: str) -> uuid.UUID | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, key_hash: str, user_id: uuid.UUID) -> None:
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[key_hash] = (user_id, time.monotonic() + self.ttl_s)
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    session_factory: sessionmaker[Session]
+    waiter: RunWaiter
+    send: Callable[[Sequence[Dispatch]], object]
+    clock: Clock = SYSTEM_CLOCK
+    keys: ApiKeyCache = field(default_factory=ApiKeyCache)

@@ -1,0 +1,1 @@
+"""Agent types and the runtime that plans, executes steps and writes a result."""

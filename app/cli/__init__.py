@@ -1,0 +1,69 @@
+"""`agentsched` command line: migrate, dev, test, status and the operator's admin commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from app.errors import AppError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentsched", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
+    dev = commands.add_parser("dev", help="run the whole system locally (embedded services if needed)")
+    dev.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    dev.add_argument("--demo-email", default="demo@agentsched.local")
+    test = commands.add_parser("test", help="run the test suite against real Postgres and Redis")
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
+    commands.add_parser("status", help="print the orchestrator status block")
+
+    users = commands.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
+    create = users.add_parser("create", help="create a user")
+    create.add_argument("--email", required=True)
+    create.add_argument("--plan", default="free", choices=["free", "pro", "enterprise"])
+    create.add_argument("--credits", type=int, help="monthly credits (default: the plan's)")
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    keys.add_parser("create", help="issue an API key (shown once)").add_argument("--email", required=True)
+
+    credits = commands.add_parser("credits", help="credits").add_subparsers(dest="action", required=True)
+    credits.add_parser("reset", help="set credits_used to 0").add_argument("--email", required=True)
+
+    plan = commands.add_parser("plan", help="plans").add_subparsers(dest="action", required=True)
+    plan_set = plan.add_parser("set", help="change a user's plan")
+    plan_set.add_argument("--email", required=True)
+    plan_set.add_argument("--plan", required=True, choices=["free", "pro", "enterprise"])
+    plan_set.add_argument("--credits", type=int, help="monthly credits (default: the plan's)")
+
+    tasks = commands.add_parser("tasks", help="tasks").add_subparsers(dest="action", required=True)
+    tasks.add_parser("list", help="list tasks, newest first").add_argument("--email")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "dev":
+            from app.cli.dev import run_dev
+
+            return run_dev(args)
+        if args.command == "test":
+            from app.cli.testing import run_tests
+
+            return run_tests(list(args.pytest_args))
+        from app.cli.admin import run_admin
+
+        return run_admin(args)
+    except AppError as exc:
+        print(f"agentsched: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The operator's commands (the seed's admin SQL as commands)."""
+
+from __future__ import annotations
+
+import argparse
+
+from sqlalchemy import select
+
+from app.db import make_engine, make_session_factory
+from app.migrate import upgrade_to_head
+from app.models import Task, User
+from app.services import accounts
+from app.settings import get_settings
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if args.command == "migrate":
+        upgrade_to_head(settings.database_url)
+        print("database is at the latest revision")
+        return 0
+    if args.command == "status":
+        from app.cli.status import print_status
+
+        return print_status(settings)
+    engine = make_engine(settings, pool_size=1)
+    try:
+        with make_session_factory(engine).begin() as session:
+            return _run(session, args)
+    finally:
+        engine.dispose()
+
+
+def _run(session: object, args: argparse.Namespace) -> int:  # noqa: C901
+    from sqlalchemy.orm import Session
+
+    assert isinstance(session, Session)
+    action = (args.command, getattr(args, "action", None))
+    if action == ("users", "create"):
+        user = accounts.create_user(session, email=args.email, plan=args.plan, monthly_credits=args.credits)
+        print(f"created user {user.email} ({user.plan}, {user.monthly_credits} credits/month) id={user.id}")
+    elif action == ("keys", "create"):
+        user = accounts.get_user_by_email(session, args.email)
+        key = accounts.issue_api_key(session, user)
+        print(f"API key for {user.email} (shown once, store it now):\n{key}")
+    elif action == ("credits", "reset"):
+        user = accounts.get_user_by_email(session, args.email)
+        accounts.reset_credits(session, user)
+        print(f"credits_used for {user.email} is now 0 of {user.monthly_credits}")
+    elif action == ("plan", "set"):
+        user = accounts.get_user_by_email(session, args.email)
+        accounts.set_plan(session, user, args.plan, args.credits)
+        print(f"{user.email} is now on {user.plan} with {user.monthly_credits} credits/month")
+    elif action == ("tasks", "list"):
+        query = select(Task, User.email).join(User, User.id == Task.user_id)
+        if args.email:
+            query = query.where(User.email == args.email.strip().lower())
+        rows = session.execute(query.order_by(Task.created_at.desc()).limit(200)).all()
+        print(f"{'id':36}  {'status':9}  {'priority':8}  {'agent':14}  {'next run (UTC)':20}  {'email':24}  title")
+        for task, email in rows:
+            next_run = task.next_run_at.strftime("%Y-%m-%d %H:%M:%S") if task.next_run_at else "-"
+            print(
+                f"{task.id!s:36}  {task.status:9}  {task.priority:8}  {task.agent_type:14}  "
+                f"{next_run:20}  {email:24}  {task.title}"
+            )
+    else:
+        raise SystemExit(f"unknown command {action}")
+    return 0

@@ -1,0 +1,1 @@
+"""Use cases: each module owns the rules of one area."""

@@ -1,0 +1,131 @@
+"""Credits: the rate, reservations before a run's first model call, and the one charge after.
+
+Rules (CONTRACT "Money"):
+- a run costs ceil(tokens / TOKENS_PER_CREDIT) credits, at least 1 when it used any tokens;
+- before its first model call a run reserves the cost of its whole token budget with one
+  conditional UPDATE, so concurrent runs can never take a user past `monthly_credits`;
+- when the run ends the reservation is released and the actual cost (never more than the
+  reservation) is charged once, as one `credit_ledger` row in the same transaction;
+- `credits_used` counts the current UTC calendar month; the first write of a new month starts
+  it again at 0 (the ledger keeps every month's rows).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import date, datetime
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app.models import CreditLedgerEntry
+
+
+def cost_of(tokens: int, tokens_per_credit: int) -> int:
+    """Credits for `tokens`: rounded up, at least 1 for any use, 0 for none."""
+    if tokens <= 0:
+        return 0
+    return max(1, math.ceil(tokens / tokens_per_credit))
+
+
+def month_of(now: datetime) -> date:
+    """The UTC calendar month `now` falls in, as its first day."""
+    return date(now.year, now.month, 1)
+
+
+# credits_used as of :period (0 when the stored month is an older one).
+_USED_NOW = "(CASE WHEN credits_period < :period THEN 0 ELSE credits_used END)"
+
+_RESERVE = text(
+    f"""
+    UPDATE users
+       SET credits_used = {_USED_NOW},
+           credits_period = GREATEST(credits_period, :period),
+           credits_reserved = credits_reserved + :amount
+     WHERE id = :user_id
+       AND {_USED_NOW} + credits_reserved + :amount <= monthly_credits
+    RETURNING id
+    """
+)
+
+_SETTLE = text(
+    f"""
+    UPDATE users
+       SET credits_used = {_USED_NOW} + :charge,
+           credits_period = GREATEST(credits_period, :period),
+           credits_reserved = GREATEST(credits_reserved - :reserved, 0)
+     WHERE id = :user_id
+    """
+)
+
+_CHARGE = text(
+    """
+    INSERT INTO credit_ledger (user_id, run_id, kind, amount, tokens, period)
+    VALUES (:user_id, :run_id, 'charge', :charge, :tokens, :period)
+    ON CONFLICT (run_id) WHERE kind = 'charge' DO NOTHING
+    RETURNING id
+    """
+)
+
+
+def reserve(session: Session, user_id: uuid.UUID, amount: int, now: datetime) -> bool:
+    """Hold `amount` credits for a run; False when the month's credits cannot cover it."""
+    row = session.execute(
+        _RESERVE, {"user_id": user_id, "amount": amount, "period": month_of(now)}
+    ).first()
+    return row is not None
+
+
+def settle(
+    session: Session,
+    *,
+    user_id: uuid.UUID,
+    run_id: uuid.UUID,
+    reserved: int,
+    tokens: int,
+    tokens_per_credit: int,
+    now: datetime,
+) -> int:
+    """Release a run's reservation and charge what it used (capped at the reservation).
+
+    Returns the credits charged. The ledger's partial unique index on the run makes a second
+    charge impossible; callers also fence on the run's attempt, so this runs once per run.
+    """
+    charge = cost_of(tokens, tokens_per_credit)
+    if reserved:
+        charge = min(charge, reserved)
+    period = month_of(now)
+    if charge:
+        inserted = session.execute(
+            _CHARGE,
+            {"user_id": user_id, "run_id": run_id, "charge": charge, "tokens": tokens, "period": period},
+        ).first()
+        if inserted is None:
+            charge = 0
+    if charge or reserved:
+        session.execute(
+            _SETTLE, {"user_id": user_id, "charge": charge, "reserved": reserved, "period": period}
+        )
+    return charge
+
+
+def record_adjustment(session: Session, user_id: uuid.UUID, amount: int, now: datetime | None = None) -> None:
+    """An operator's change to `credits_used`, kept in the ledger so it still sums."""
+    from app.clock import SYSTEM_CLOCK
+
+    session.add(
+        CreditLedgerEntry(
+            user_id=user_id,
+            run_id=None,
+            kind="adjustment",
+            amount=amount,
+            tokens=0,
+            period=month_of(now or SYSTEM_CLOCK.now()),
+        )
+    )
+
+
+def used_this_month(credits_used: int, credits_period: date, now: datetime) -> int:
+    """`credits_used` as of now: a month that has ended counts as 0."""
+    return credits_used if credits_period >= month_of(now) else 0

@@ -1,0 +1,58 @@
+"""Messages to send after a commit: ids only, one per run, on the run's priority queue."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app.models.enums import Priority
+
+#: Queue per priority (the Redis broker has no message priority); actors bind one each.
+QUEUE_PREFIX = "runs"
+#: Dramatiq runs lower numbers first within a worker.
+ACTOR_PRIORITY: dict[Priority, int] = {
+    Priority.URGENT: 0,
+    Priority.HIGH: 10,
+    Priority.MEDIUM: 20,
+    Priority.LOW: 30,
+}
+
+
+def queue_name(priority: str) -> str:
+    return f"{QUEUE_PREFIX}.{Priority(priority).value}"
+
+
+def actor_name(priority: str) -> str:
+    return f"execute_run_{Priority(priority).value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    run_id: uuid.UUID
+    priority: str
+    delay_ms: int = 0
+
+
+_MARK_SENT = text(
+    """
+    UPDATE task_runs AS r
+       SET message_sent_at = :now, message_id = s.message_id
+      FROM unnest(CAST(:run_ids AS uuid[]), CAST(:message_ids AS text[])) AS s(run_id, message_id)
+     WHERE r.id = s.run_id AND r.status = 'queued'
+    """
+)
+
+
+def mark_sent(session: Session, sent: Sequence[tuple[uuid.UUID, str]], now: datetime) -> None:
+    """Record that each run's message reached Redis (and under which message id)."""
+    if not sent:
+        return
+    session.execute(
+        _MARK_SENT,
+        {"run_ids": [run_id for run_id, _ in sent], "message_ids": [mid for _, mid in sent], "now": now},
+    )

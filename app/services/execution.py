@@ -1,0 +1,151 @@
+"""One delivery of a run's message: claim, hold credits, run the agent, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.agents.registry import get_agent
+from app.agents.runtime import AgentRun, Deadline
+from app.clock import SYSTEM_CLOCK, Clock
+from app.errors import RunFailure, UnknownAgent
+from app.models import TaskRun
+from app.providers.base import ModelProvider
+from app.services import credits
+from app.services.dispatch import Dispatch
+from app.services.retry import backoff_ms
+from app.services.runs import ClaimedRun, Outcome, claim_run, finish, hold_credits, retry_later
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: A cancellation is looked up before a model call at most this often (seconds).
+CANCEL_CHECK_INTERVAL_S = 0.2
+
+
+@dataclass
+class RunEnvironment:
+    """What executing a run needs; built once per worker process."""
+
+    session_factory: sessionmaker[Session]
+    provider: ModelProvider
+    settings: Settings
+    clock: Clock = field(default=SYSTEM_CLOCK)
+
+
+def execute_run(env: RunEnvironment, run_id: uuid.UUID) -> Dispatch | None:
+    """Execute one attempt of the run, if it is ours to execute.
+
+    Returns the message to send (after this function's commits) when the run must be retried.
+    A duplicate or late delivery finds nothing to claim and returns None at once.
+    """
+    claimed = _claim(env, run_id)
+    if claimed is None:
+        return None
+    outcome = _attempt(env, claimed)
+    now = env.clock.now()
+    with env.session_factory.begin() as session:
+        if outcome.error_code and outcome.retryable and claimed.attempt < claimed.max_attempts:
+            delay = backoff_ms(
+                claimed.attempt,
+                min_ms=env.settings.retry_min_backoff_ms,
+                max_ms=env.settings.retry_max_backoff_ms,
+            )
+            logger.info(
+                "run %s attempt %d/%d failed (%s: %s); retrying in %d ms",
+                run_id, claimed.attempt, claimed.max_attempts, outcome.error_code, outcome.error_message, delay,
+            )
+            return retry_later(session, claimed, outcome, delay_ms=delay, now=now)
+        if not finish(session, claimed, outcome, tokens_per_credit=env.settings.tokens_per_credit, now=now):
+            logger.warning("run %s attempt %d lost its claim; outcome discarded", run_id, claimed.attempt)
+        else:
+            logger.info("run %s %s after %d attempt(s)", run_id, outcome.error_code or "completed", claimed.attempt)
+    return None
+
+
+def _fail_now(session: Session, env: RunEnvironment, claimed: ClaimedRun, code: str, message: str) -> None:
+    logger.info("run %s failed without retry: %s", claimed.run_id, message)
+    finish(
+        session,
+        claimed,
+        Outcome(tokens=0, error_code=code, error_message=message),
+        tokens_per_credit=env.settings.tokens_per_credit,
+        now=env.clock.now(),
+    )
+
+
+def _claim(env: RunEnvironment, run_id: uuid.UUID) -> ClaimedRun | None:
+    now = env.clock.now()
+    with env.session_factory.begin() as session:
+        claimed = claim_run(session, run_id, now=now, lease_grace_ms=env.settings.run_lease_grace_ms)
+        if claimed is None:
+            logger.debug("run %s: nothing to claim (duplicate or late delivery)", run_id)
+            return None
+        if claimed.attempt > claimed.max_attempts:
+            _fail_now(session, env, claimed, "worker_lost", "its worker stopped and no attempts were left")
+            return None
+        try:
+            get_agent(claimed.agent_type)
+        except UnknownAgent as exc:
+            _fail_now(session, env, claimed, exc.code, exc.message)
+            return None
+        reservation = credits.cost_of(env.settings.run_token_budget, env.settings.tokens_per_credit)
+        held = hold_credits(session, claimed, reservation, now)
+        if held is None:
+            _fail_now(
+                session, env, claimed, "insufficient_credits",
+                f"this run needs {reservation} credits held and the month's remaining credits cannot cover it",
+            )
+            return None
+        return held
+
+
+def _attempt(env: RunEnvironment, claimed: ClaimedRun) -> Outcome:
+    agent_run = AgentRun(
+        get_agent(claimed.agent_type),
+        claimed.goal,
+        provider=env.provider,
+        deadline=Deadline.after_ms(env.clock, claimed.timeout_ms),
+        token_budget=max(0, env.settings.run_token_budget - claimed.tokens_before),
+        model=claimed.model,
+        should_stop=_cancel_probe(env, claimed.run_id),
+        log_prefix=f"run {claimed.run_id}: ",
+    )
+    try:
+        result = agent_run.run()
+    except RunFailure as exc:
+        return Outcome(
+            tokens=agent_run.tokens_used,
+            error_code=exc.code,
+            error_message=exc.message,
+            retryable=exc.retryable,
+        )
+    except Exception as exc:
+        logger.exception("run %s: unexpected error", claimed.run_id)
+        return Outcome(
+            tokens=agent_run.tokens_used,
+            error_code="internal",
+            error_message=f"{type(exc).__name__}: {exc}",
+            retryable=True,
+        )
+    return Outcome(tokens=agent_run.tokens_used, result=result)
+
+
+def _cancel_probe(env: RunEnvironment, run_id: uuid.UUID) -> Callable[[], bool]:
+    """A check for a cancellation request, made before each model call (throttled)."""
+    last_check = env.clock.monotonic()
+
+    def should_stop() -> bool:
+        nonlocal last_check
+        if env.clock.monotonic() - last_check < CANCEL_CHECK_INTERVAL_S:
+            return False
+        last_check = env.clock.monotonic()
+        with env.session_factory() as session:
+            return bool(session.scalar(select(TaskRun.cancel_requested).where(TaskRun.id == run_id)))
+
+    return should_stop
