@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from typing import Any
@@ -15,6 +16,11 @@ from app.services.execution import RunEnvironment
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+#: How long an idle queue consumer sleeps at most between fetches. Dramatiq orders runs by actor
+#: priority only among prefetched messages, so a consumer must refill its queue quickly once its
+#: prefetched runs finish, or lower-priority runs already in memory jump ahead (Dramatiq: 1 s).
+WORKER_POLL_TIMEOUT_MS = 100
 
 _environment: RunEnvironment | None = None
 _lock = threading.Lock()
@@ -38,8 +44,18 @@ def run_environment() -> RunEnvironment:
     return _environment
 
 
-def _threads_given_on_command_line() -> bool:
-    return any(arg in ("-t", "--threads") or arg.startswith("--threads=") for arg in sys.argv)
+def _started_by_dramatiq_cli_without_threads() -> bool:
+    """True in a `dramatiq actors` worker whose command line does not say `--threads`."""
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if not (program.startswith("dramatiq") or sys.argv[0].endswith("dramatiq/__main__.py")):
+        return False
+    return not any(arg in ("-t", "--threads") or arg.startswith("--threads=") for arg in sys.argv)
+
+
+def set_run_environment(environment: RunEnvironment) -> None:
+    """Use this environment for runs in this process (tests and benchmarks swap the provider)."""
+    global _environment
+    _environment = environment
 
 
 class WorkerSetup(Middleware):
@@ -51,10 +67,12 @@ class WorkerSetup(Middleware):
         self.settings = settings
 
     def before_worker_boot(self, broker: Any, worker: Any) -> None:
-        if not _threads_given_on_command_line():
+        if _started_by_dramatiq_cli_without_threads():
             threads = self.settings.agent_worker_concurrency
             worker.worker_threads = threads
             worker.queue_prefetch = min(threads * 2, 65535)
             worker.delay_prefetch = min(threads * 1000, 65535)
+        if not any(arg.startswith("--worker-timeout") for arg in sys.argv):
+            worker.worker_timeout = WORKER_POLL_TIMEOUT_MS
         logger.info("worker starting with %d threads", worker.worker_threads)
         run_environment()

@@ -7,7 +7,8 @@ from typing import Any
 
 from litestar import Request, get
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.params import FromPath, FromQuery
+from litestar.di import NamedDependency, Provide
 
 from api.auth import current_user_id
 from api.schemas.views import me_view, run_view, task_view
@@ -24,10 +25,10 @@ def _state(request: Request[Any, Any, State]) -> ApiState:
 @get("/api/tasks", dependencies=USER, sync_to_thread=True)
 def list_tasks(
     request: Request[Any, Any, State],
-    user_id: uuid.UUID,
-    status: str | None = None,
-    limit: int | None = None,
-    cursor: str | None = None,
+    user_id: NamedDependency[uuid.UUID],
+    status: FromQuery[str | None] = None,
+    limit: FromQuery[int | None] = None,
+    cursor: FromQuery[str | None] = None,
 ) -> dict[str, Any]:
     """The caller's tasks, newest first."""
     with _state(request).session_factory() as session:
@@ -36,7 +37,7 @@ def list_tasks(
 
 
 @get("/api/tasks/{task_id:uuid}", dependencies=USER, sync_to_thread=True)
-def get_task(request: Request[Any, Any, State], user_id: uuid.UUID, task_id: uuid.UUID) -> dict[str, Any]:
+def get_task(request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], task_id: FromPath[uuid.UUID]) -> dict[str, Any]:
     """One task with its most recent runs."""
     with _state(request).session_factory() as session:
         task = tasks.get_task(session, user_id, task_id)
@@ -46,10 +47,10 @@ def get_task(request: Request[Any, Any, State], user_id: uuid.UUID, task_id: uui
 @get("/api/tasks/{task_id:uuid}/runs", dependencies=USER, sync_to_thread=True)
 def list_task_runs(
     request: Request[Any, Any, State],
-    user_id: uuid.UUID,
-    task_id: uuid.UUID,
-    limit: int | None = None,
-    cursor: str | None = None,
+    user_id: NamedDependency[uuid.UUID],
+    task_id: FromPath[uuid.UUID],
+    limit: FromQuery[int | None] = None,
+    cursor: FromQuery[str | None] = None,
 ) -> dict[str, Any]:
     """The task's runs, newest first."""
     with _state(request).session_factory() as session:
@@ -58,14 +59,14 @@ def list_task_runs(
 
 
 @get("/api/runs/{run_id:uuid}", dependencies=USER, sync_to_thread=True)
-def get_run(request: Request[Any, Any, State], user_id: uuid.UUID, run_id: uuid.UUID) -> dict[str, Any]:
+def get_run(request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], run_id: FromPath[uuid.UUID]) -> dict[str, Any]:
     """One run."""
     with _state(request).session_factory() as session:
         return run_view(tasks.get_run(session, user_id, run_id))
 
 
 @get("/api/me", dependencies=USER, sync_to_thread=True)
-def me(request: Request[Any, Any, State], user_id: uuid.UUID) -> dict[str, Any]:
+def me(request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID]) -> dict[str, Any]:
     """The caller's account and credits."""
     state = _state(request)
     with state.session_factory() as session:
