@@ -11,8 +11,9 @@ from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 
 from api.errors import EXCEPTION_HANDLERS
-from api.routes import agent, health, tasks
+from api.routes import agent, health, schedules, task_control, tasks
 from api.state import ApiState
+from app.errors import AppError
 from app.db import make_engine, make_session_factory
 from app.logging import configure_logging
 from app.services.run_events import RunWaiter
@@ -50,13 +51,21 @@ def create_app(settings: Settings) -> Litestar:
             tasks.list_task_runs,
             tasks.get_run,
             tasks.me,
+            task_control.update_task,
+            task_control.run_task_now,
+            task_control.cancel_task,
+            schedules.preview,
             health.health,
         ],
         state=State({"api": state}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         on_startup=[start_waiter],
         on_shutdown=[stop_waiter],
-        logging_config=LoggingConfig(log_exceptions="always", configure_root_logger=False),
+        logging_config=LoggingConfig(
+            log_exceptions="always",
+            disable_stack_trace={400, 401, 404, 409, AppError},
+            configure_root_logger=False,
+        ),
         openapi_config=OpenAPIConfig(title="agentsched", version="0.1.0", path="/schema"),
     )
 

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from app.settings import DEFAULT_DATABASE_URL
 
 _base_db = make_url(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
-TEST_DATABASE = f"{_base_db.database or 'agentsched'}_test"
+TEST_DATABASE = os.environ.get("AGENTSCHED_TEST_DATABASE", f"{_base_db.database or 'agentsched'}_test")
 os.environ["DATABASE_URL"] = _base_db.set(database=TEST_DATABASE).render_as_string(hide_password=False)
 os.environ["AGENTSCHED_ADMIN_DATABASE_URL"] = _base_db.set(database="postgres").render_as_string(
     hide_password=False

@@ -6,15 +6,14 @@ import uuid
 from typing import Any
 
 import anyio
-import msgspec
 from litestar import Request, Response, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
 from api.auth import current_user_id
+from api.body import read_json
 from api.schemas.views import iso, run_view, schedule_view
 from api.state import ApiState
-from app.errors import InvalidInput
 from app.services.task_input import ExecuteRequest, parse_execute_request
 from app.services.tasks import CreatedTask, create_task, get_run, is_finished
 
@@ -33,11 +32,7 @@ def _create(state: ApiState, user_id: NamedDependency[uuid.UUID], request: Execu
 async def execute(request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID]) -> Response[dict[str, Any]]:
     """Create a task. Scheduled: 201. Async: 202 with the queued run. Otherwise wait for it."""
     state: ApiState = request.app.state.api
-    body = await request.body()
-    try:
-        payload = msgspec.json.decode(body) if body else None
-    except msgspec.DecodeError as exc:
-        raise InvalidInput({"body": f"malformed JSON: {exc}"}) from None
+    payload = await read_json(request)
     parsed = parse_execute_request(payload, default_timezone=state.settings.default_timezone)
     created = await anyio.to_thread.run_sync(_create, state, user_id, parsed)
     task, run = created.task, created.run

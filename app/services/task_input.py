@@ -228,3 +228,52 @@ def _validated_schedule(errors: _Errors, schedule: dict[str, Any]) -> ScheduleIn
 def default_title(goal: str, max_chars: int = 80) -> str:
     first_line = goal.strip().splitlines()[0] if goal.strip() else "Task"
     return first_line if len(first_line) <= max_chars else first_line[: max_chars - 1].rstrip() + "…"
+
+
+UPDATE_FIELDS = frozenset({"title", "priority", "schedule"})
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUpdate:
+    title: str | None
+    priority: Priority | None
+    #: Only the schedule keys that were given (enabled, cron, timezone).
+    schedule: dict[str, Any] | None
+
+
+def parse_task_update(payload: Any) -> TaskUpdate:
+    """Validate a PATCH /api/tasks/{id} body; every offending field is named."""
+    if not isinstance(payload, Mapping):
+        raise InvalidInput({"body": "must be a JSON object"})
+    errors = _Errors()
+    errors.unknown(payload, UPDATE_FIELDS)
+    title = _optional_text(errors, payload, "title", TITLE_MAX_CHARS)
+    if "title" in payload and payload["title"] is not None and title is None and "title" not in errors.fields:
+        errors.add("title", "must not be empty")
+    priority = parse_priority(errors, payload["priority"]) if "priority" in payload else None
+    schedule = parse_schedule_input(errors, payload.get("schedule"), "", partial=True)
+    if schedule:
+        _check_partial_schedule(errors, schedule)
+    if errors.fields:
+        raise InvalidInput(errors.fields)
+    return TaskUpdate(title=title, priority=priority, schedule=schedule)
+
+
+def _check_partial_schedule(errors: _Errors, schedule: dict[str, Any]) -> None:
+    """Check whichever of cron and timezone were given, each on its own."""
+    from app.cron import parse_schedule, validate_timezone
+
+    timezone_ok = True
+    if schedule.get("timezone"):
+        try:
+            validate_timezone(schedule["timezone"])
+        except InvalidInput as exc:
+            timezone_ok = False
+            for field, problem in exc.fields.items():
+                errors.add(field, problem)
+    if schedule.get("cron") is not None:
+        try:
+            parse_schedule(schedule["cron"], schedule.get("timezone") if timezone_ok and schedule.get("timezone") else "UTC")
+        except InvalidInput as exc:
+            for field, problem in exc.fields.items():
+                errors.add(field, problem)

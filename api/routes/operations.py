@@ -1,0 +1,50 @@
+"""Operator endpoints (CRON_SECRET): the cron-service hook and queue statistics; /metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+
+from api.auth import require_cron_secret
+from api.schemas.views import iso
+from api.state import ApiState
+from app.services.scheduling import run_scheduling_pass, scheduling_health
+from app.services.stats import queue_stats
+
+CRON = {"authorized": Provide(require_cron_secret, sync_to_thread=True)}
+
+
+def _state(request: Request[Any, Any, State]) -> ApiState:
+    return request.app.state.api  # type: ignore[no-any-return]
+
+
+@get("/api/cron/check-scheduled-tasks", dependencies=CRON, sync_to_thread=True)
+def scheduling_status(request: Request[Any, Any, State], authorized: NamedDependency[None]) -> dict[str, Any]:
+    """Scheduling health: how many tasks are scheduled and how many are due now."""
+    state = _state(request)
+    with state.session_factory() as session:
+        return scheduling_health(session, state.clock.now())
+
+
+@post("/api/cron/check-scheduled-tasks", dependencies=CRON, sync_to_thread=True)
+def check_scheduled_tasks(request: Request[Any, Any, State], authorized: NamedDependency[None]) -> Response[dict[str, Any]]:
+    """Run one scheduling pass now (for an external cron service)."""
+    state = _state(request)
+    now = state.clock.now()
+    result = run_scheduling_pass(state.session_factory, now=now, send=state.send)
+    return Response(
+        {"status": "ok", "runsQueued": result.runs_queued, "runsSkipped": result.runs_skipped, "timestamp": iso(now)},
+        status_code=200,
+    )
+
+
+@get("/api/queue/stats", dependencies=CRON, sync_to_thread=True)
+def stats(request: Request[Any, Any, State], authorized: NamedDependency[None]) -> dict[str, Any]:
+    """Queue and orchestrator figures."""
+    state = _state(request)
+    with state.session_factory() as session:
+        return queue_stats(dramatiq.get_broker().client, session, state.clock.now())

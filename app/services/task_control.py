@@ -1,0 +1,107 @@
+"""Changing a task after creation: edit, pause/resume, run now, cancel."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from app.cron import parse_schedule
+from app.errors import Conflict, InvalidInput
+from app.models import Task, TaskRun
+from app.models.enums import RunStatus, TaskStatus, Trigger
+from app.services import credits
+from app.services.dispatch import Dispatch
+from app.services.runs import new_run, notify_finished
+from app.services.schedules import apply_schedule
+from app.services.task_input import TaskUpdate
+from app.services.tasks import get_task
+from app.settings import Settings
+
+
+def update_task(
+    session: Session, user_id: uuid.UUID, task_id: uuid.UUID, update: TaskUpdate, *, settings: Settings, now: datetime
+) -> Task:
+    """Apply a PATCH. `schedule.enabled` false pauses, true resumes from now; a new cron or
+    timezone recomputes `nextRunAt`."""
+    task = get_task(session, user_id, task_id, for_update=True)
+    if update.title is not None:
+        task.title = update.title
+    if update.priority is not None:
+        task.priority = update.priority.value
+    if update.schedule is not None:
+        given = update.schedule
+        cron = given.get("cron", task.cron)
+        if cron is None:
+            raise InvalidInput({"schedule.cron": "is required: this task has no schedule yet"})
+        timezone = given.get("timezone") or task.timezone or settings.default_timezone
+        enabled = given.get("enabled", task.schedule_enabled if task.cron is not None else True)
+        try:
+            parse_schedule(cron, timezone)
+        except InvalidInput as exc:
+            raise InvalidInput(exc.fields) from None
+        if enabled and task.status == TaskStatus.CANCELLED.value:
+            task.status = TaskStatus.PENDING.value
+        if task.cron is None and task.status in (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value):
+            task.status = TaskStatus.PENDING.value
+        apply_schedule(task, enabled=bool(enabled), cron=cron, timezone=timezone, now=now)
+    task.updated_at = now
+    session.flush()
+    return task
+
+
+def run_now(session: Session, user_id: uuid.UUID, task_id: uuid.UUID, *, now: datetime) -> tuple[TaskRun, Dispatch]:
+    """Queue a manual run outside the schedule; the caller commits, then sends."""
+    task = get_task(session, user_id, task_id, for_update=True)
+    if task.status == TaskStatus.CANCELLED.value:
+        raise Conflict("the task is cancelled; resume its schedule or create a new task")
+    run = new_run(task, trigger=Trigger.MANUAL)
+    run.queued_at = now
+    session.add(run)
+    if task.cron is None:
+        task.status = TaskStatus.QUEUED.value
+    task.updated_at = now
+    session.flush()
+    return run, Dispatch(run.id, run.priority)
+
+
+def cancel_task(
+    session: Session, user_id: uuid.UUID, task_id: uuid.UUID, *, settings: Settings, now: datetime
+) -> Task:
+    """Cancel queued runs at once, ask a running one to stop at its next model call, disable
+    the schedule. Credits held by cancelled runs are released (tokens already spent are charged)."""
+    task = get_task(session, user_id, task_id, for_update=True)
+    queued = session.scalars(
+        select(TaskRun).where(TaskRun.task_id == task.id, TaskRun.status == RunStatus.QUEUED.value).with_for_update()
+    ).all()
+    for run in queued:
+        charge = credits.settle(
+            session,
+            user_id=run.user_id,
+            run_id=run.id,
+            reserved=run.credits_reserved,
+            tokens=run.tokens_used,
+            tokens_per_credit=settings.tokens_per_credit,
+            now=now,
+        )
+        run.status = RunStatus.CANCELLED.value
+        run.finished_at = now
+        run.credits_used = charge
+        run.credits_reserved = 0
+        run.error = {"code": "cancelled", "message": "the task was cancelled"}
+        task.credits_used += charge
+        notify_finished(session, run.id)
+    session.execute(
+        text("UPDATE task_runs SET cancel_requested = true WHERE task_id = :task_id AND status = 'running'"),
+        {"task_id": task.id},
+    )
+    task.status = TaskStatus.CANCELLED.value
+    task.schedule_enabled = False
+    task.next_run_at = None
+    if task.schedule is not None:
+        task.schedule = {**task.schedule, "enabled": False}
+    task.updated_at = now
+    session.flush()
+    return task
