@@ -34,7 +34,7 @@ except ConfigurationError as exc:
 #: a run's retries are decided in app.services.execution and recorded in Postgres.
 INFRASTRUCTURE_MAX_RETRIES = 20
 
-broker = RedisBroker(
+broker = RedisBroker(  # type: ignore[no-untyped-call]
     url=settings.broker_url,
     middleware=[
         AgeLimit(),

@@ -27,8 +27,8 @@ def execute(run_id: str) -> None:
         send_dispatches(env.session_factory, [retry], env.clock)
 
 
-RUN_ACTORS: dict[str, dramatiq.Actor] = {
-    priority.value: dramatiq.actor(
+RUN_ACTORS: dict[str, dramatiq.Actor[[str], None]] = {
+    priority.value: dramatiq.actor(  # type: ignore[call-overload]
         execute,
         actor_name=actor_name(priority),
         queue_name=queue_name(priority),

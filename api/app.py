@@ -13,8 +13,8 @@ from litestar.openapi import OpenAPIConfig
 from api.errors import EXCEPTION_HANDLERS
 from api.routes import agent, health, schedules, task_control, tasks
 from api.state import ApiState
-from app.errors import AppError
 from app.db import make_engine, make_session_factory
+from app.errors import AppError
 from app.logging import configure_logging
 from app.services.run_events import RunWaiter
 from app.settings import Settings, get_settings
@@ -74,7 +74,7 @@ def __getattr__(name: str) -> Any:
     """`api.app:app` for `litestar --app` and uvicorn, built on first access, not at import."""
     if name == "app":
         configure_logging()
-        global app
-        app = create_app(get_settings())
-        return app
+        built = create_app(get_settings())
+        globals()["app"] = built
+        return built
     raise AttributeError(name)

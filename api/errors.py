@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import logging
 
 from litestar import Request, Response
@@ -33,7 +35,9 @@ def _status_for(exc: AppError) -> int:
     return HTTP_500_INTERNAL_SERVER_ERROR
 
 
-def app_error_handler(_: Request[object, object, object], exc: AppError) -> Response[dict[str, object]]:
+def app_error_handler(
+    _: Request[Any, Any, Any], exc: AppError
+) -> Response[dict[str, object]]:
     status = _status_for(exc)
     body: dict[str, object] = {"error": exc.code, "message": exc.message}
     if isinstance(exc, InvalidInput):
@@ -45,7 +49,7 @@ def app_error_handler(_: Request[object, object, object], exc: AppError) -> Resp
 
 
 def validation_error_handler(
-    _: Request[object, object, object], exc: ValidationException
+    _: Request[Any, Any, Any], exc: ValidationException
 ) -> Response[dict[str, object]]:
     """Litestar's own parameter validation (query strings, path ids), in our error shape."""
     fields: dict[str, str] = {}
@@ -53,13 +57,23 @@ def validation_error_handler(
         if isinstance(item, dict):
             fields[str(item.get("key") or "request")] = str(item.get("message") or "is invalid")
     return Response(
-        {"error": "invalid_input", "message": exc.detail, "fields": fields or {"request": exc.detail}},
+        {
+            "error": "invalid_input",
+            "message": exc.detail,
+            "fields": fields or {"request": exc.detail},
+        },
         status_code=HTTP_400_BAD_REQUEST,
     )
 
 
-def http_error_handler(_: Request[object, object, object], exc: HTTPException) -> Response[dict[str, object]]:
-    return Response({"error": "http_error", "message": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+def http_error_handler(
+    _: Request[Any, Any, Any], exc: HTTPException
+) -> Response[dict[str, object]]:
+    return Response(
+        {"error": "http_error", "message": exc.detail},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
 
 
 EXCEPTION_HANDLERS = {

@@ -26,7 +26,7 @@ def make_engine(settings: Settings, *, pool_size: int = 10, **kwargs: object) ->
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 

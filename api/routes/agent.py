@@ -21,7 +21,9 @@ from app.services.tasks import CreatedTask, create_task, get_run, is_finished
 SYNC_WAIT_CAP_S = 60.0
 
 
-def _create(state: ApiState, user_id: NamedDependency[uuid.UUID], request: ExecuteRequest) -> CreatedTask:
+def _create(
+    state: ApiState, user_id: NamedDependency[uuid.UUID], request: ExecuteRequest
+) -> CreatedTask:
     with state.session_factory.begin() as session:
         created = create_task(session, user_id, request, state.clock.now())
     state.send(created.dispatches)  # after commit: the run row exists before its message
@@ -29,7 +31,9 @@ def _create(state: ApiState, user_id: NamedDependency[uuid.UUID], request: Execu
 
 
 @post("/api/agent/execute", dependencies={"user_id": Provide(current_user_id, sync_to_thread=True)})
-async def execute(request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID]) -> Response[dict[str, Any]]:
+async def execute(
+    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID]
+) -> Response[dict[str, Any]]:
     """Create a task. Scheduled: 201. Async: 202 with the queued run. Otherwise wait for it."""
     state: ApiState = request.app.state.api
     payload = await read_json(request)
@@ -53,7 +57,11 @@ async def execute(request: Request[Any, Any, State], user_id: NamedDependency[uu
 
 
 async def _wait_for(
-    state: ApiState, user_id: NamedDependency[uuid.UUID], run_id: uuid.UUID, timeout_s: float, queued: dict[str, Any]
+    state: ApiState,
+    user_id: NamedDependency[uuid.UUID],
+    run_id: uuid.UUID,
+    timeout_s: float,
+    queued: dict[str, Any],
 ) -> Response[dict[str, Any]]:
     def read() -> Any:
         with state.session_factory() as session:

@@ -24,7 +24,7 @@ def _check_redis() -> str:
     import dramatiq
 
     try:
-        dramatiq.get_broker().client.ping()
+        dramatiq.get_broker().client.ping()  # type: ignore[attr-defined]
     except Exception as exc:
         return f"down: {type(exc).__name__}"
     return "ok"

@@ -26,11 +26,16 @@ def _parse_after(value: str | None, now: datetime) -> datetime:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
     except ValueError:
-        raise InvalidInput({"after": "must be an ISO 8601 time, e.g. 2026-03-08T00:00:00Z"}) from None
+        raise InvalidInput(
+            {"after": "must be an ISO 8601 time, e.g. 2026-03-08T00:00:00Z"}
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-@get("/api/schedules/preview", dependencies={"user_id": Provide(current_user_id, sync_to_thread=True)})
+@get(
+    "/api/schedules/preview",
+    dependencies={"user_id": Provide(current_user_id, sync_to_thread=True)},
+)
 async def preview(
     request: Request[Any, Any, State],
     user_id: NamedDependency[uuid.UUID],
@@ -49,7 +54,7 @@ async def preview(
         else:
             size = int(count)
     if not cron:
-        problems["cron"] = 'is required, e.g. cron=0 9 * * *'
+        problems["cron"] = "is required, e.g. cron=0 9 * * *"
     start = state.clock.now()
     try:
         start = _parse_after(after, start)
@@ -65,7 +70,9 @@ async def preview(
         try:
             schedule = parse_schedule(cron, "UTC" if "timezone" in problems else zone)
         except InvalidInput as exc:
-            problems.update({name.removeprefix("schedule."): text for name, text in exc.fields.items()})
+            problems.update(
+                {name.removeprefix("schedule."): text for name, text in exc.fields.items()}
+            )
     if problems or schedule is None:
         raise InvalidInput(problems)
     return {

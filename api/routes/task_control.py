@@ -24,7 +24,9 @@ USER = {"user_id": Provide(current_user_id, sync_to_thread=True)}
 
 @patch("/api/tasks/{task_id:uuid}", dependencies=USER)
 async def update_task(
-    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], task_id: FromPath[uuid.UUID]
+    request: Request[Any, Any, State],
+    user_id: NamedDependency[uuid.UUID],
+    task_id: FromPath[uuid.UUID],
 ) -> dict[str, Any]:
     """Change title, priority or schedule (enabled false pauses, true resumes)."""
     state: ApiState = request.app.state.api
@@ -42,23 +44,31 @@ async def update_task(
 
 @post("/api/tasks/{task_id:uuid}/run", dependencies=USER, sync_to_thread=True)
 def run_task_now(
-    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], task_id: FromPath[uuid.UUID]
+    request: Request[Any, Any, State],
+    user_id: NamedDependency[uuid.UUID],
+    task_id: FromPath[uuid.UUID],
 ) -> Response[dict[str, Any]]:
     """Queue a run now, outside the schedule."""
     state: ApiState = request.app.state.api
     with state.session_factory.begin() as session:
         run, dispatch = task_control.run_now(session, user_id, task_id, now=state.clock.now())
     state.send([dispatch])
-    return Response({"taskId": str(task_id), "runId": str(run.id), "status": run.status}, status_code=202)
+    return Response(
+        {"taskId": str(task_id), "runId": str(run.id), "status": run.status}, status_code=202
+    )
 
 
 @post("/api/tasks/{task_id:uuid}/cancel", dependencies=USER, sync_to_thread=True)
 def cancel_task(
-    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], task_id: FromPath[uuid.UUID]
+    request: Request[Any, Any, State],
+    user_id: NamedDependency[uuid.UUID],
+    task_id: FromPath[uuid.UUID],
 ) -> Response[dict[str, Any]]:
     """Cancel queued runs, stop a running one at its next model call, disable the schedule."""
     state: ApiState = request.app.state.api
     with state.session_factory.begin() as session:
-        task = task_control.cancel_task(session, user_id, task_id, settings=state.settings, now=state.clock.now())
+        task = task_control.cancel_task(
+            session, user_id, task_id, settings=state.settings, now=state.clock.now()
+        )
         view = task_view(task, recent_runs(session, task.id))
     return Response(view, status_code=200)

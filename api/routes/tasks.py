@@ -7,8 +7,8 @@ from typing import Any
 
 from litestar import Request, get
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery
 from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery
 
 from api.auth import current_user_id
 from api.schemas.views import me_view, run_view, task_view
@@ -37,7 +37,11 @@ def list_tasks(
 
 
 @get("/api/tasks/{task_id:uuid}", dependencies=USER, sync_to_thread=True)
-def get_task(request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], task_id: FromPath[uuid.UUID]) -> dict[str, Any]:
+def get_task(
+    request: Request[Any, Any, State],
+    user_id: NamedDependency[uuid.UUID],
+    task_id: FromPath[uuid.UUID],
+) -> dict[str, Any]:
     """One task with its most recent runs."""
     with _state(request).session_factory() as session:
         task = tasks.get_task(session, user_id, task_id)
@@ -59,7 +63,11 @@ def list_task_runs(
 
 
 @get("/api/runs/{run_id:uuid}", dependencies=USER, sync_to_thread=True)
-def get_run(request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], run_id: FromPath[uuid.UUID]) -> dict[str, Any]:
+def get_run(
+    request: Request[Any, Any, State],
+    user_id: NamedDependency[uuid.UUID],
+    run_id: FromPath[uuid.UUID],
+) -> dict[str, Any]:
     """One run."""
     with _state(request).session_factory() as session:
         return run_view(tasks.get_run(session, user_id, run_id))

@@ -104,9 +104,15 @@ class AgentRun:
         outputs: list[tuple[str, str]] = []
         for number, step in enumerate(steps, start=1):
             if self._tokens_left() < MIN_TOKENS_FOR_A_CALL * 2:
-                logger.info("%stoken budget nearly spent; stopping after %d steps", self.log_prefix, number - 1)
+                logger.info(
+                    "%stoken budget nearly spent; stopping after %d steps",
+                    self.log_prefix,
+                    number - 1,
+                )
                 break
-            previous = "\n\n".join(f"Step {i}: {s}\nOutput: {o}" for i, (s, o) in enumerate(outputs, 1))
+            previous = "\n\n".join(
+                f"Step {i}: {s}\nOutput: {o}" for i, (s, o) in enumerate(outputs, 1)
+            )
             answer = self._call(
                 f"Goal: {self.goal}\n\n{previous}\n\nNow do step {number} of {len(steps)}: {step}"
             )

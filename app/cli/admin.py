@@ -22,7 +22,7 @@ def run_admin(args: argparse.Namespace) -> int:
     if args.command == "status":
         from app.cli.status import print_status
 
-        return print_status(settings)
+        return int(print_status(settings))
     engine = make_engine(settings, pool_size=1)
     try:
         with make_session_factory(engine).begin() as session:
@@ -31,14 +31,18 @@ def run_admin(args: argparse.Namespace) -> int:
         engine.dispose()
 
 
-def _run(session: object, args: argparse.Namespace) -> int:  # noqa: C901
+def _run(session: object, args: argparse.Namespace) -> int:
     from sqlalchemy.orm import Session
 
     assert isinstance(session, Session)
     action = (args.command, getattr(args, "action", None))
     if action == ("users", "create"):
-        user = accounts.create_user(session, email=args.email, plan=args.plan, monthly_credits=args.credits)
-        print(f"created user {user.email} ({user.plan}, {user.monthly_credits} credits/month) id={user.id}")
+        user = accounts.create_user(
+            session, email=args.email, plan=args.plan, monthly_credits=args.credits
+        )
+        print(
+            f"created user {user.email} ({user.plan}, {user.monthly_credits} credits/month) id={user.id}"
+        )
     elif action == ("keys", "create"):
         user = accounts.get_user_by_email(session, args.email)
         key = accounts.issue_api_key(session, user)
@@ -56,7 +60,9 @@ def _run(session: object, args: argparse.Namespace) -> int:  # noqa: C901
         if args.email:
             query = query.where(User.email == args.email.strip().lower())
         rows = session.execute(query.order_by(Task.created_at.desc()).limit(200)).all()
-        print(f"{'id':36}  {'status':9}  {'priority':8}  {'agent':14}  {'next run (UTC)':20}  {'email':24}  title")
+        print(
+            f"{'id':36}  {'status':9}  {'priority':8}  {'agent':14}  {'next run (UTC)':20}  {'email':24}  title"
+        )
         for task, email in rows:
             next_run = task.next_run_at.strftime("%Y-%m-%d %H:%M:%S") if task.next_run_at else "-"
             print(

@@ -31,5 +31,7 @@ def make_provider(settings: Settings) -> ModelProvider:
         from app.providers.offline import OfflineProvider
 
         provider = OfflineProvider()
-        logger.info("model provider: offline (deterministic, no network; set LLM_API_KEY or LLM_BASE_URL for a real model)")
+        logger.info(
+            "model provider: offline (deterministic, no network; set LLM_API_KEY or LLM_BASE_URL for a real model)"
+        )
     return provider

@@ -99,7 +99,13 @@ def settle(
     if charge:
         inserted = session.execute(
             _CHARGE,
-            {"user_id": user_id, "run_id": run_id, "charge": charge, "tokens": tokens, "period": period},
+            {
+                "user_id": user_id,
+                "run_id": run_id,
+                "charge": charge,
+                "tokens": tokens,
+                "period": period,
+            },
         ).first()
         if inserted is None:
             charge = 0
@@ -110,7 +116,9 @@ def settle(
     return charge
 
 
-def record_adjustment(session: Session, user_id: uuid.UUID, amount: int, now: datetime | None = None) -> None:
+def record_adjustment(
+    session: Session, user_id: uuid.UUID, amount: int, now: datetime | None = None
+) -> None:
     """An operator's change to `credits_used`, kept in the ledger so it still sums."""
     from app.clock import SYSTEM_CLOCK
 

@@ -54,5 +54,9 @@ def mark_sent(session: Session, sent: Sequence[tuple[uuid.UUID, str]], now: date
         return
     session.execute(
         _MARK_SENT,
-        {"run_ids": [run_id for run_id, _ in sent], "message_ids": [mid for _, mid in sent], "now": now},
+        {
+            "run_ids": [run_id for run_id, _ in sent],
+            "message_ids": [mid for _, mid in sent],
+            "now": now,
+        },
     )

@@ -56,7 +56,11 @@ class Outcome:
 
 
 def new_run(
-    task: Task, *, trigger: Trigger, scheduled_for: datetime | None = None, status: RunStatus = RunStatus.QUEUED
+    task: Task,
+    *,
+    trigger: Trigger,
+    scheduled_for: datetime | None = None,
+    status: RunStatus = RunStatus.QUEUED,
 ) -> TaskRun:
     """A run row for `task`, with its limits copied so later task edits don't change it."""
     config = task.agent_config or {}
@@ -108,18 +112,26 @@ _TASK_FOLLOWS_RUN = text(
 _HOLD_CREDITS = text("UPDATE task_runs SET credits_reserved = :amount WHERE id = :run_id")
 
 
-def claim_run(session: Session, run_id: uuid.UUID, *, now: datetime, lease_grace_ms: int) -> ClaimedRun | None:
+def claim_run(
+    session: Session, run_id: uuid.UUID, *, now: datetime, lease_grace_ms: int
+) -> ClaimedRun | None:
     """Take the run for one attempt, or None when it is not ours to run (duplicate, late, done)."""
-    row = session.execute(_CLAIM, {"run_id": run_id, "now": now, "grace_ms": lease_grace_ms}).first()
+    row = session.execute(
+        _CLAIM, {"run_id": run_id, "now": now, "grace_ms": lease_grace_ms}
+    ).first()
     if row is None:
         return None
-    claimed = ClaimedRun(*row)
+    claimed = ClaimedRun(*row)  # type: ignore[arg-type]
     if claimed.one_off:
-        session.execute(_TASK_FOLLOWS_RUN, {"task_id": claimed.task_id, "status": "running", "now": now})
+        session.execute(
+            _TASK_FOLLOWS_RUN, {"task_id": claimed.task_id, "status": "running", "now": now}
+        )
     return claimed
 
 
-def hold_credits(session: Session, claimed: ClaimedRun, amount: int, now: datetime) -> ClaimedRun | None:
+def hold_credits(
+    session: Session, claimed: ClaimedRun, amount: int, now: datetime
+) -> ClaimedRun | None:
     """Reserve the run's budget on its first attempt; None when the user's credits can't cover it."""
     if claimed.reserved:
         return claimed
@@ -190,12 +202,19 @@ def retry_later(
     if row is None:
         return None
     if claimed.one_off:
-        session.execute(_TASK_FOLLOWS_RUN, {"task_id": claimed.task_id, "status": "queued", "now": now})
+        session.execute(
+            _TASK_FOLLOWS_RUN, {"task_id": claimed.task_id, "status": "queued", "now": now}
+        )
     return Dispatch(claimed.run_id, claimed.priority, delay_ms)
 
 
 def finish(
-    session: Session, claimed: ClaimedRun, outcome: Outcome, *, tokens_per_credit: int, now: datetime
+    session: Session,
+    claimed: ClaimedRun,
+    outcome: Outcome,
+    *,
+    tokens_per_credit: int,
+    now: datetime,
 ) -> bool:
     """End the run for good: charge it once, record the outcome on run and task, notify waiters.
 
@@ -254,4 +273,7 @@ def finish(
 
 def notify_finished(session: Session, run_id: uuid.UUID) -> None:
     """Wake whoever waits for this run (delivered by Postgres at commit)."""
-    session.execute(text("SELECT pg_notify(:channel, :run_id)"), {"channel": RUN_FINISHED_CHANNEL, "run_id": str(run_id)})
+    session.execute(
+        text("SELECT pg_notify(:channel, :run_id)"),
+        {"channel": RUN_FINISHED_CHANNEL, "run_id": str(run_id)},
+    )

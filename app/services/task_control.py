@@ -22,7 +22,13 @@ from app.settings import Settings
 
 
 def update_task(
-    session: Session, user_id: uuid.UUID, task_id: uuid.UUID, update: TaskUpdate, *, settings: Settings, now: datetime
+    session: Session,
+    user_id: uuid.UUID,
+    task_id: uuid.UUID,
+    update: TaskUpdate,
+    *,
+    settings: Settings,
+    now: datetime,
 ) -> Task:
     """Apply a PATCH. `schedule.enabled` false pauses, true resumes from now; a new cron or
     timezone recomputes `nextRunAt`."""
@@ -44,7 +50,10 @@ def update_task(
             raise InvalidInput(exc.fields) from None
         if enabled and task.status == TaskStatus.CANCELLED.value:
             task.status = TaskStatus.PENDING.value
-        if task.cron is None and task.status in (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value):
+        if task.cron is None and task.status in (
+            TaskStatus.COMPLETED.value,
+            TaskStatus.FAILED.value,
+        ):
             task.status = TaskStatus.PENDING.value
         apply_schedule(task, enabled=bool(enabled), cron=cron, timezone=timezone, now=now)
     task.updated_at = now
@@ -52,7 +61,9 @@ def update_task(
     return task
 
 
-def run_now(session: Session, user_id: uuid.UUID, task_id: uuid.UUID, *, now: datetime) -> tuple[TaskRun, Dispatch]:
+def run_now(
+    session: Session, user_id: uuid.UUID, task_id: uuid.UUID, *, now: datetime
+) -> tuple[TaskRun, Dispatch]:
     """Queue a manual run outside the schedule; the caller commits, then sends."""
     task = get_task(session, user_id, task_id, for_update=True)
     if task.status == TaskStatus.CANCELLED.value:
@@ -74,7 +85,9 @@ def cancel_task(
     the schedule. Credits held by cancelled runs are released (tokens already spent are charged)."""
     task = get_task(session, user_id, task_id, for_update=True)
     queued = session.scalars(
-        select(TaskRun).where(TaskRun.task_id == task.id, TaskRun.status == RunStatus.QUEUED.value).with_for_update()
+        select(TaskRun)
+        .where(TaskRun.task_id == task.id, TaskRun.status == RunStatus.QUEUED.value)
+        .with_for_update()
     ).all()
     for run in queued:
         charge = credits.settle(
@@ -94,7 +107,9 @@ def cancel_task(
         task.credits_used += charge
         notify_finished(session, run.id)
     session.execute(
-        text("UPDATE task_runs SET cancel_requested = true WHERE task_id = :task_id AND status = 'running'"),
+        text(
+            "UPDATE task_runs SET cancel_requested = true WHERE task_id = :task_id AND status = 'running'"
+        ),
         {"task_id": task.id},
     )
     task.status = TaskStatus.CANCELLED.value

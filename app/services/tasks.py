@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from sqlalchemy import Select, and_, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.errors import InvalidInput, NotFound
 from app.models import Task, TaskRun, User
@@ -34,7 +34,9 @@ class CreatedTask:
     dispatches: list[Dispatch] = field(default_factory=list)
 
 
-def create_task(session: Session, user_id: uuid.UUID, request: ExecuteRequest, now: datetime) -> CreatedTask:
+def create_task(
+    session: Session, user_id: uuid.UUID, request: ExecuteRequest, now: datetime
+) -> CreatedTask:
     """Store the task; queue its run now unless it is scheduled. The caller commits, then sends."""
     schedule = request.schedule
     task = Task(
@@ -54,7 +56,9 @@ def create_task(session: Session, user_id: uuid.UUID, request: ExecuteRequest, n
         from app.services.schedules import apply_schedule
 
         task.status = TaskStatus.PENDING.value
-        apply_schedule(task, enabled=schedule.enabled, cron=schedule.cron, timezone=schedule.timezone, now=now)
+        apply_schedule(
+            task, enabled=schedule.enabled, cron=schedule.cron, timezone=schedule.timezone, now=now
+        )
         session.add(task)
         session.flush()
         return CreatedTask(task, None)
@@ -69,7 +73,9 @@ def create_task(session: Session, user_id: uuid.UUID, request: ExecuteRequest, n
     return CreatedTask(task, run, [Dispatch(run.id, run.priority)])
 
 
-def get_task(session: Session, user_id: uuid.UUID, task_id: uuid.UUID, *, for_update: bool = False) -> Task:
+def get_task(
+    session: Session, user_id: uuid.UUID, task_id: uuid.UUID, *, for_update: bool = False
+) -> Task:
     query = select(Task).where(Task.id == task_id, Task.user_id == user_id)
     if for_update:
         query = query.with_for_update()
@@ -93,7 +99,9 @@ def get_user(session: Session, user_id: uuid.UUID) -> User:
     return user
 
 
-def recent_runs(session: Session, task_id: uuid.UUID, limit: int = RECENT_RUNS) -> Sequence[TaskRun]:
+def recent_runs(
+    session: Session, task_id: uuid.UUID, limit: int = RECENT_RUNS
+) -> Sequence[TaskRun]:
     return session.scalars(
         select(TaskRun)
         .where(TaskRun.task_id == task_id)
@@ -132,15 +140,23 @@ class Page(Generic[T]):
     next_cursor: str | None
 
 
-def _after(query: Select[tuple[Task]] | Select[tuple[TaskRun]], time_col, id_col, cursor: str | None):  # type: ignore[no-untyped-def]
+def _after(
+    time_col: InstrumentedAttribute[datetime], id_col: InstrumentedAttribute[uuid.UUID], cursor: str | None
+) -> ColumnElement[bool] | None:
+    """The condition for items after the cursor, in (time, id) descending order."""
     if cursor is None:
-        return query
+        return None
     at, item_id = decode_cursor(cursor)
-    return query.where(or_(time_col < at, and_(time_col == at, id_col < item_id)))
+    return or_(time_col < at, and_(time_col == at, id_col < item_id))
 
 
 def list_tasks(
-    session: Session, user_id: uuid.UUID, *, status: str | None, limit: int | None, cursor: str | None
+    session: Session,
+    user_id: uuid.UUID,
+    *,
+    status: str | None,
+    limit: int | None,
+    cursor: str | None,
 ) -> Page[Task]:
     size = check_limit(limit)
     query = select(Task).where(Task.user_id == user_id)
@@ -149,21 +165,34 @@ def list_tasks(
         if status not in valid:
             raise InvalidInput({"status": f"must be one of {', '.join(valid)}"})
         query = query.where(Task.status == status)
-    query = _after(query, Task.created_at, Task.id, cursor)
-    rows = list(session.scalars(query.order_by(Task.created_at.desc(), Task.id.desc()).limit(size + 1)))
+    after = _after(Task.created_at, Task.id, cursor)
+    if after is not None:
+        query = query.where(after)
+    rows = list(
+        session.scalars(query.order_by(Task.created_at.desc(), Task.id.desc()).limit(size + 1))
+    )
     more = len(rows) > size
     rows = rows[:size]
     return Page(rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more else None)
 
 
 def list_runs(
-    session: Session, user_id: uuid.UUID, task_id: uuid.UUID, *, limit: int | None, cursor: str | None
+    session: Session,
+    user_id: uuid.UUID,
+    task_id: uuid.UUID,
+    *,
+    limit: int | None,
+    cursor: str | None,
 ) -> Page[TaskRun]:
     get_task(session, user_id, task_id)
     size = check_limit(limit)
     query = select(TaskRun).where(TaskRun.task_id == task_id)
-    query = _after(query, TaskRun.queued_at, TaskRun.id, cursor)
-    rows = list(session.scalars(query.order_by(TaskRun.queued_at.desc(), TaskRun.id.desc()).limit(size + 1)))
+    after = _after(TaskRun.queued_at, TaskRun.id, cursor)
+    if after is not None:
+        query = query.where(after)
+    rows = list(
+        session.scalars(query.order_by(TaskRun.queued_at.desc(), TaskRun.id.desc()).limit(size + 1))
+    )
     more = len(rows) > size
     rows = rows[:size]
     return Page(rows, encode_cursor(rows[-1].queued_at, rows[-1].id) if more else None)

@@ -34,7 +34,9 @@ StartWorker = Callable[..., dramatiq.Worker]
 
 
 @pytest.fixture
-def start_worker(session_factory: sessionmaker[Session], settings: Settings) -> Iterator[StartWorker]:
+def start_worker(
+    session_factory: sessionmaker[Session], settings: Settings
+) -> Iterator[StartWorker]:
     """Start a real Dramatiq worker on the real Redis broker, with a chosen provider."""
     from actors import broker
     from actors import worker as worker_module
@@ -42,7 +44,10 @@ def start_worker(session_factory: sessionmaker[Session], settings: Settings) -> 
     workers: list[dramatiq.Worker] = []
 
     def start(
-        *, threads: int = 4, provider: ModelProvider | None = None, run_settings: Settings | None = None
+        *,
+        threads: int = 4,
+        provider: ModelProvider | None = None,
+        run_settings: Settings | None = None,
     ) -> dramatiq.Worker:
         worker_module.set_run_environment(
             RunEnvironment(session_factory, provider or OfflineProvider(), run_settings or settings)

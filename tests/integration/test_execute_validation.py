@@ -8,7 +8,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.models import Task, TaskRun
 
-VALID = {"goal": "Check competitor pricing and send report", "agentType": "research_agent", "async": True}
+VALID = {
+    "goal": "Check competitor pricing and send report",
+    "agentType": "research_agent",
+    "async": True,
+}
 
 
 def _with(**changes: object) -> dict[str, object]:
@@ -43,7 +47,11 @@ CASES = [
     ("unknown top-level field", _with(goals="typo"), {"goals"}),
     ("unknown agentConfig field", _with(agentConfig={"retries": 2}), {"agentConfig.retries"}),
     ("schedule not an object", _with(schedule="daily"), {"schedule"}),
-    ("schedule unknown field", _with(schedule={"cron": "0 9 * * *", "every": 1}), {"schedule.every"}),
+    (
+        "schedule unknown field",
+        _with(schedule={"cron": "0 9 * * *", "every": 1}),
+        {"schedule.every"},
+    ),
     (
         "several fields at once",
         {"goal": "", "agentType": "nope", "priority": "x", "agentConfig": {"timeout": 1}},
@@ -73,7 +81,9 @@ def test_bad_input_answers_400_naming_each_field_and_writes_nothing(
 
 
 def test_unknown_agent_type_message_lists_the_valid_ones(client, make_account):
-    response = client.post("/api/agent/execute", json=_with(agentType="wizard"), headers=make_account().headers)
+    response = client.post(
+        "/api/agent/execute", json=_with(agentType="wizard"), headers=make_account().headers
+    )
     message = response.json()["fields"]["agentType"]
     for name in ("research_agent", "writer_agent", "data_agent"):
         assert name in message
@@ -81,9 +91,17 @@ def test_unknown_agent_type_message_lists_the_valid_ones(client, make_account):
 
 @pytest.mark.parametrize(
     "raw",
-    [b"{not json", b'{"goal": "x", "agentType": "research_agent",}', b"[1, 2]", b'"just a string"', b""],
+    [
+        b"{not json",
+        b'{"goal": "x", "agentType": "research_agent",}',
+        b"[1, 2]",
+        b'"just a string"',
+        b"",
+    ],
 )
-def test_malformed_or_non_object_json_is_a_400_naming_the_body(client, make_account, session_factory, raw):
+def test_malformed_or_non_object_json_is_a_400_naming_the_body(
+    client, make_account, session_factory, raw
+):
     response = client.post(
         "/api/agent/execute",
         content=raw,
@@ -97,6 +115,8 @@ def test_malformed_or_non_object_json_is_a_400_naming_the_body(client, make_acco
 def test_no_or_wrong_api_key_is_401_and_writes_nothing(client, make_account, session_factory):
     make_account()
     assert client.post("/api/agent/execute", json=VALID).status_code == 401
-    wrong = client.post("/api/agent/execute", json=VALID, headers={"Authorization": "Bearer ask_wrong"})
+    wrong = client.post(
+        "/api/agent/execute", json=VALID, headers={"Authorization": "Bearer ask_wrong"}
+    )
     assert wrong.status_code == 401
     assert _counts(session_factory) == (0, 0)

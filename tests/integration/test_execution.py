@@ -19,7 +19,9 @@ def test_an_async_request_is_queued_then_completes_with_tokens_and_credits(
 ):
     account = make_account()
     start_worker()
-    response = client.post("/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers)
+    response = client.post(
+        "/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers
+    )
     assert response.status_code == 202
     body = response.json()
     assert body["status"] == "queued"
@@ -56,7 +58,9 @@ def test_a_sync_request_waits_and_answers_200_with_the_result(client, make_accou
 def test_a_sync_request_answers_202_when_the_run_outlasts_its_wait(client, make_account):
     account = make_account()  # no worker: the run stays queued
     response = client.post(
-        "/api/agent/execute", json={**GOAL, "agentConfig": {"timeout": 1_000}}, headers=account.headers
+        "/api/agent/execute",
+        json={**GOAL, "agentConfig": {"timeout": 1_000}},
+        headers=account.headers,
     )
     assert response.status_code == 202
     assert response.json()["status"] == "queued"
@@ -64,8 +68,14 @@ def test_a_sync_request_answers_202_when_the_run_outlasts_its_wait(client, make_
 
 def test_another_users_task_and_run_are_404(client, make_account):
     owner, stranger = make_account(), make_account()
-    created = client.post("/api/agent/execute", json={**GOAL, "async": True}, headers=owner.headers).json()
-    for path in (f"/api/tasks/{created['taskId']}", f"/api/tasks/{created['taskId']}/runs", f"/api/runs/{created['runId']}"):
+    created = client.post(
+        "/api/agent/execute", json={**GOAL, "async": True}, headers=owner.headers
+    ).json()
+    for path in (
+        f"/api/tasks/{created['taskId']}",
+        f"/api/tasks/{created['taskId']}/runs",
+        f"/api/runs/{created['runId']}",
+    ):
         assert client.get(path, headers=stranger.headers).status_code == 404
         assert client.get(path, headers=owner.headers).status_code == 200
     assert client.get("/api/tasks", headers=stranger.headers).json()["items"] == []
@@ -75,12 +85,20 @@ def test_another_users_task_and_run_are_404(client, make_account):
 def test_tasks_are_listed_newest_first_in_pages(client, make_account):
     account = make_account()
     ids = [
-        client.post("/api/agent/execute", json={**GOAL, "async": True, "title": f"t{i}"}, headers=account.headers).json()["taskId"]
+        client.post(
+            "/api/agent/execute",
+            json={**GOAL, "async": True, "title": f"t{i}"},
+            headers=account.headers,
+        ).json()["taskId"]
         for i in range(5)
     ]
     first = client.get("/api/tasks?limit=2", headers=account.headers).json()
-    second = client.get(f"/api/tasks?limit=2&cursor={first['nextCursor']}", headers=account.headers).json()
-    third = client.get(f"/api/tasks?limit=2&cursor={second['nextCursor']}", headers=account.headers).json()
+    second = client.get(
+        f"/api/tasks?limit=2&cursor={first['nextCursor']}", headers=account.headers
+    ).json()
+    third = client.get(
+        f"/api/tasks?limit=2&cursor={second['nextCursor']}", headers=account.headers
+    ).json()
     seen = [t["id"] for page in (first, second, third) for t in page["items"]]
     assert seen == list(reversed(ids))
     assert third["nextCursor"] is None
@@ -88,9 +106,13 @@ def test_tasks_are_listed_newest_first_in_pages(client, make_account):
     assert client.get("/api/tasks?status=bogus", headers=account.headers).status_code == 400
 
 
-def test_a_duplicate_delivery_runs_once_and_charges_once(client, make_account, start_worker, session_factory):
+def test_a_duplicate_delivery_runs_once_and_charges_once(
+    client, make_account, start_worker, session_factory
+):
     account = make_account()
-    created = client.post("/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers).json()
+    created = client.post(
+        "/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers
+    ).json()
     # Deliver the same run id three more times, as a broker redelivery would.
     for _ in range(3):
         dramatiq.get_broker().enqueue(
@@ -111,7 +133,9 @@ def test_a_duplicate_delivery_runs_once_and_charges_once(client, make_account, s
         assert run is not None
         assert run.attempts == 1
         charges = session.scalar(
-            select(func.count()).select_from(CreditLedgerEntry).where(CreditLedgerEntry.run_id == run.id)
+            select(func.count())
+            .select_from(CreditLedgerEntry)
+            .where(CreditLedgerEntry.run_id == run.id)
         )
         assert charges == 1
         user = session.get(User, account.user_id)
@@ -128,7 +152,9 @@ def test_twenty_concurrent_runs_never_overdraw_and_the_ledger_sums_to_credits_us
     reservation = -(-settings.run_token_budget // settings.tokens_per_credit)
     assert 100 // reservation == 5
     run_ids = [
-        client.post("/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers).json()["runId"]
+        client.post(
+            "/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers
+        ).json()["runId"]
         for _ in range(20)
     ]
     start_worker(threads=16)
@@ -146,7 +172,9 @@ def test_twenty_concurrent_runs_never_overdraw_and_the_ledger_sums_to_credits_us
         user = session.get(User, account.user_id)
         assert user is not None
         ledger_sum = session.scalar(
-            select(func.coalesce(func.sum(CreditLedgerEntry.amount), 0)).where(CreditLedgerEntry.user_id == user.id)
+            select(func.coalesce(func.sum(CreditLedgerEntry.amount), 0)).where(
+                CreditLedgerEntry.user_id == user.id
+            )
         )
         assert user.credits_used <= user.monthly_credits
         assert ledger_sum == user.credits_used == sum(run.credits_used for run in completed)

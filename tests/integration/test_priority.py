@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import threading
 import time
@@ -35,7 +36,9 @@ class GatedProvider(OfflineProvider):
         return super().complete(messages, **kwargs)  # type: ignore[arg-type]
 
 
-def test_a_busy_worker_starts_runs_in_priority_order(client, make_account, start_worker, session_factory):
+def test_a_busy_worker_starts_runs_in_priority_order(
+    client, make_account, start_worker, session_factory
+):
     account = make_account(plan="enterprise")
     provider = GatedProvider()
     start_worker(threads=1, provider=provider)
@@ -49,21 +52,26 @@ def test_a_busy_worker_starts_runs_in_priority_order(client, make_account, start
     while not wait_for_runs(session_factory, [blocker], statuses=("running",), timeout_s=10):
         assert time.monotonic() < deadline
     # The worst order for a FIFO queue: lowest priority first.
-    submitted = {level: [submit(f"{level} job {i}", level) for i in range(PER_LEVEL)] for level in reversed(LEVELS)}
+    submitted = {
+        level: [submit(f"{level} job {i}", level) for i in range(PER_LEVEL)]
+        for level in reversed(LEVELS)
+    }
     time.sleep(0.5)  # let the worker prefetch while its thread is busy
     provider.release.set()
     every = [run_id for ids in submitted.values() for run_id in ids]
     wait_for_runs(session_factory, [*every, blocker], timeout_s=60)
 
     with session_factory() as session:
-        runs = session.scalars(select(TaskRun).where(TaskRun.id != blocker).order_by(TaskRun.started_at)).all()
+        runs = session.scalars(
+            select(TaskRun).where(TaskRun.id != blocker).order_by(TaskRun.started_at)
+        ).all()
     order = [run.priority for run in runs]
     position = {level: [i for i, p in enumerate(order) if p == level] for level in LEVELS}
     means = [statistics.mean(position[level]) for level in LEVELS]
     assert means == sorted(means), f"start order by priority: {order}"
     # Nearly strict: every urgent run starts before the last high, every high before the last
     # medium, and so on (Dramatiq prefetches per queue, so a neighbour may slip in between).
-    for higher, lower in zip(LEVELS, LEVELS[1:], strict=False):
+    for higher, lower in itertools.pairwise(LEVELS):
         assert max(position[higher]) < max(position[lower]), order
         assert min(position[higher]) < min(position[lower]), order
     # FIFO within a level.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +11,11 @@ from app.providers.openai import OpenAIProvider
 from tests.integration.conftest import wait_for_runs
 from tests.support.openai_stub import OpenAIStub
 
-GOAL = {"goal": "Summarise the quarter's pricing changes", "agentType": "research_agent", "async": True}
+GOAL = {
+    "goal": "Summarise the quarter's pricing changes",
+    "agentType": "research_agent",
+    "async": True,
+}
 
 
 @pytest.fixture
@@ -21,7 +26,9 @@ def stub() -> Iterator[OpenAIStub]:
 
 @pytest.fixture
 def provider(stub: OpenAIStub) -> Iterator[OpenAIProvider]:
-    provider = OpenAIProvider(base_url=stub.base_url, api_key="test-key", default_model="stub-model")
+    provider = OpenAIProvider(
+        base_url=stub.base_url, api_key="test-key", default_model="stub-model"
+    )
     yield provider
     provider.close()
 
@@ -29,18 +36,24 @@ def provider(stub: OpenAIStub) -> Iterator[OpenAIProvider]:
 def test_a_run_that_fails_twice_then_succeeds_is_retried_with_growing_delays(
     client, make_account, start_worker, session_factory, settings, stub, provider
 ):
-    run_settings = settings.model_copy(update={"retry_min_backoff_ms": 400, "retry_max_backoff_ms": 10_000})
+    run_settings = settings.model_copy(
+        update={"retry_min_backoff_ms": 400, "retry_max_backoff_ms": 10_000}
+    )
     start_worker(provider=provider, run_settings=run_settings)
     stub.fail_times(3, status=503)
     account = make_account()
-    body = client.post("/api/agent/execute", json={**GOAL, "agentConfig": {"maxRetries": 3}}, headers=account.headers).json()
+    body = client.post(
+        "/api/agent/execute",
+        json={**GOAL, "agentConfig": {"maxRetries": 3}},
+        headers=account.headers,
+    ).json()
     [run] = wait_for_runs(session_factory, [body["runId"]])
     assert run.status == "completed", run.error
     assert run.attempts == 4
     assert run.tokens_used > 0
     # The first three requests failed, one per attempt; the gaps between them are the backoffs.
     times = stub.request_times[:4]
-    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert gaps[0] >= 0.2 * 0.9  # attempt 1: ceiling 400 ms, drawn from its upper half
     assert gaps[1] >= 0.4 * 0.9
     assert gaps[2] >= 0.8 * 0.9
@@ -56,7 +69,11 @@ def test_a_run_that_always_fails_is_failed_after_one_plus_max_retries_attempts(
     start_worker(provider=provider)
     stub.always_fail(status=500)
     account = make_account()
-    body = client.post("/api/agent/execute", json={**GOAL, "agentConfig": {"maxRetries": 2}}, headers=account.headers).json()
+    body = client.post(
+        "/api/agent/execute",
+        json={**GOAL, "agentConfig": {"maxRetries": 2}},
+        headers=account.headers,
+    ).json()
     [run] = wait_for_runs(session_factory, [body["runId"]])
     assert run.status == "failed"
     assert run.attempts == 3

@@ -24,14 +24,18 @@ SCHEDULED = {
     "agentType": "research_agent",
     "schedule": {"enabled": True, "cron": "0 9 * * *", "timezone": "America/New_York"},
 }
-VECTORS = json.loads((Path(__file__).parents[2].parent / "shared" / "data" / "cron-vectors.json").read_text())
+VECTORS = json.loads(
+    (Path(__file__).parents[2].parent / "shared" / "data" / "cron-vectors.json").read_text()
+)
 
 
 def _parse(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def test_a_scheduled_task_is_201_with_next_run_at_the_next_9am_in_new_york(client, make_account, session_factory):
+def test_a_scheduled_task_is_201_with_next_run_at_the_next_9am_in_new_york(
+    client, make_account, session_factory
+):
     account = make_account()
     before = datetime.now(UTC)
     response = client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers)
@@ -51,7 +55,12 @@ def test_the_preview_endpoint_agrees_with_every_vector(client, make_account, cas
     account = make_account(email=f"v{case['id']}-{uuid.uuid4().hex[:6]}@example.com")
     response = client.get(
         "/api/schedules/preview",
-        params={"cron": case["expr"], "timezone": case["tz"], "count": 5, "after": case["start_utc"]},
+        params={
+            "cron": case["expr"],
+            "timezone": case["tz"],
+            "count": 5,
+            "after": case["start_utc"],
+        },
         headers=account.headers,
     )
     assert response.status_code == 200, response.text
@@ -74,37 +83,57 @@ def test_preview_names_each_bad_parameter(client, make_account):
 
 def test_pause_resume_and_edit_recompute_next_run_at(client, make_account):
     account = make_account()
-    task_id = client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers).json()["taskId"]
-    paused = client.patch(f"/api/tasks/{task_id}", json={"schedule": {"enabled": False}}, headers=account.headers)
+    task_id = client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers).json()[
+        "taskId"
+    ]
+    paused = client.patch(
+        f"/api/tasks/{task_id}", json={"schedule": {"enabled": False}}, headers=account.headers
+    )
     assert paused.status_code == 200, paused.text
     assert paused.json()["nextRunAt"] is None
     assert paused.json()["schedule"]["enabled"] is False
 
     before = datetime.now(UTC)
-    resumed = client.patch(f"/api/tasks/{task_id}", json={"schedule": {"enabled": True}}, headers=account.headers).json()
-    assert _parse(resumed["nextRunAt"]) == next_fire(parse_schedule("0 9 * * *", "America/New_York"), before)
+    resumed = client.patch(
+        f"/api/tasks/{task_id}", json={"schedule": {"enabled": True}}, headers=account.headers
+    ).json()
+    assert _parse(resumed["nextRunAt"]) == next_fire(
+        parse_schedule("0 9 * * *", "America/New_York"), before
+    )
 
     edited = client.patch(
         f"/api/tasks/{task_id}",
-        json={"title": "Hourly check", "priority": "high", "schedule": {"cron": "15 * * * *", "timezone": "Asia/Kolkata"}},
+        json={
+            "title": "Hourly check",
+            "priority": "high",
+            "schedule": {"cron": "15 * * * *", "timezone": "Asia/Kolkata"},
+        },
         headers=account.headers,
     ).json()
     assert edited["title"] == "Hourly check"
     assert edited["priority"] == "high"
     assert edited["schedule"] == {"enabled": True, "cron": "15 * * * *", "timezone": "Asia/Kolkata"}
-    assert _parse(edited["nextRunAt"]) == next_fire(parse_schedule("15 * * * *", "Asia/Kolkata"), before)
+    assert _parse(edited["nextRunAt"]) == next_fire(
+        parse_schedule("15 * * * *", "Asia/Kolkata"), before
+    )
 
     bad = client.patch(
-        f"/api/tasks/{task_id}", json={"schedule": {"cron": "bogus"}, "colour": "red"}, headers=account.headers
+        f"/api/tasks/{task_id}",
+        json={"schedule": {"cron": "bogus"}, "colour": "red"},
+        headers=account.headers,
     )
     assert bad.status_code == 400
     assert set(bad.json()["fields"]) == {"schedule.cron", "colour"}
 
 
-def test_run_now_queues_a_manual_run_that_completes(client, make_account, start_worker, session_factory):
+def test_run_now_queues_a_manual_run_that_completes(
+    client, make_account, start_worker, session_factory
+):
     account = make_account()
     start_worker()
-    task_id = client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers).json()["taskId"]
+    task_id = client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers).json()[
+        "taskId"
+    ]
     response = client.post(f"/api/tasks/{task_id}/run", headers=account.headers)
     assert response.status_code == 202
     body = response.json()
@@ -117,10 +146,17 @@ def test_run_now_queues_a_manual_run_that_completes(client, make_account, start_
     assert task["result"] == run.result
 
 
-def test_cancel_cancels_queued_runs_and_disables_the_schedule(client, make_account, session_factory):
+def test_cancel_cancels_queued_runs_and_disables_the_schedule(
+    client, make_account, session_factory
+):
     account = make_account()
-    task_id = client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers).json()["taskId"]
-    run_ids = [client.post(f"/api/tasks/{task_id}/run", headers=account.headers).json()["runId"] for _ in range(2)]
+    task_id = client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers).json()[
+        "taskId"
+    ]
+    run_ids = [
+        client.post(f"/api/tasks/{task_id}/run", headers=account.headers).json()["runId"]
+        for _ in range(2)
+    ]
     response = client.post(f"/api/tasks/{task_id}/cancel", headers=account.headers)
     assert response.status_code == 200
     task = response.json()
@@ -128,7 +164,9 @@ def test_cancel_cancels_queued_runs_and_disables_the_schedule(client, make_accou
     assert task["schedule"]["enabled"] is False
     assert task["nextRunAt"] is None
     runs = wait_for_runs(session_factory, run_ids, statuses=("cancelled",), timeout_s=2)
-    assert all(run.error == {"code": "cancelled", "message": "the task was cancelled"} for run in runs)
+    assert all(
+        run.error == {"code": "cancelled", "message": "the task was cancelled"} for run in runs
+    )
     assert client.post(f"/api/tasks/{task_id}/run", headers=account.headers).status_code == 409
 
 
@@ -152,7 +190,11 @@ def test_cancel_stops_a_running_run_at_its_next_model_call_and_releases_its_cred
     account = make_account(plan="free")
     provider = SlowProvider()
     start_worker(provider=provider)
-    body = client.post("/api/agent/execute", json={**{k: v for k, v in SCHEDULED.items() if k != "schedule"}, "async": True}, headers=account.headers).json()
+    body = client.post(
+        "/api/agent/execute",
+        json={**{k: v for k, v in SCHEDULED.items() if k != "schedule"}, "async": True},
+        headers=account.headers,
+    ).json()
     assert provider.first_call.wait(10)
     wait_for_runs(session_factory, [body["runId"]], statuses=("running",), timeout_s=5)
     with session_factory() as session:

@@ -13,7 +13,15 @@ from app.services.retry import backoff_ms
 
 @pytest.mark.parametrize(
     ("tokens", "rate", "credits"),
-    [(0, 1000, 0), (1, 1000, 1), (999, 1000, 1), (1000, 1000, 1), (1001, 1000, 2), (20_000, 1000, 20), (7, 3, 3)],
+    [
+        (0, 1000, 0),
+        (1, 1000, 1),
+        (999, 1000, 1),
+        (1000, 1000, 1),
+        (1001, 1000, 2),
+        (20_000, 1000, 20),
+        (7, 3, 3),
+    ],
 )
 def test_cost_is_tokens_over_rate_rounded_up_and_at_least_one(tokens, rate, credits):
     assert cost_of(tokens, rate) == credits

@@ -10,7 +10,9 @@ from app.services.task_input import parse_execute_request
 
 
 def test_defaults_are_applied():
-    request = parse_execute_request({"goal": " Check pricing ", "agentType": "research_agent"}, default_timezone="UTC")
+    request = parse_execute_request(
+        {"goal": " Check pricing ", "agentType": "research_agent"}, default_timezone="UTC"
+    )
     assert request.goal == "Check pricing"
     assert request.title == "Check pricing"
     assert request.priority == "medium"
@@ -32,7 +34,11 @@ def test_a_schedule_without_timezone_takes_the_default():
 def test_a_bad_cron_expression_names_the_schedule_field():
     with pytest.raises(InvalidInput) as caught:
         parse_execute_request(
-            {"goal": "g", "agentType": "research_agent", "schedule": {"cron": "61 * * * *", "timezone": "UTC"}},
+            {
+                "goal": "g",
+                "agentType": "research_agent",
+                "schedule": {"cron": "61 * * * *", "timezone": "UTC"},
+            },
             default_timezone="UTC",
         )
     assert set(caught.value.fields) == {"schedule.cron"}
@@ -41,7 +47,11 @@ def test_a_bad_cron_expression_names_the_schedule_field():
 def test_a_bad_timezone_names_the_schedule_field():
     with pytest.raises(InvalidInput) as caught:
         parse_execute_request(
-            {"goal": "g", "agentType": "research_agent", "schedule": {"cron": "0 9 * * *", "timezone": "Mars/Base"}},
+            {
+                "goal": "g",
+                "agentType": "research_agent",
+                "schedule": {"cron": "0 9 * * *", "timezone": "Mars/Base"},
+            },
             default_timezone="UTC",
         )
     assert set(caught.value.fields) == {"schedule.timezone"}

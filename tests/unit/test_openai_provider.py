@@ -1,0 +1,317 @@
+"""OpenAIProvider against a real HTTP server on 127.0.0.1 (the stub, or a raw trickling socket)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from app.errors import ProviderError, RunTimeout
+from app.providers.base import ChatMessage, Completion
+from app.providers.openai import OpenAIProvider
+from tests.support.openai_stub import OpenAIStub
+
+MESSAGES = [ChatMessage("system", "You are terse."), ChatMessage("user", "Say hello to the tests")]
+
+
+@pytest.fixture
+def stub() -> Iterator[OpenAIStub]:
+    with OpenAIStub() as running:
+        yield running
+
+
+def make_provider(base_url: str, api_key: str | None = None) -> OpenAIProvider:
+    return OpenAIProvider(base_url=base_url, api_key=api_key, default_model="default-model")
+
+
+@pytest.fixture
+def provider(stub: OpenAIStub) -> Iterator[OpenAIProvider]:
+    with make_provider(stub.base_url) as client:
+        yield client
+
+
+def complete(provider: OpenAIProvider, *, model: str | None = "m", timeout_s: float = 5.0) -> Completion:
+    return provider.complete(MESSAGES, model=model, max_tokens=64, timeout_s=timeout_s)
+
+
+# --- answers ----------------------------------------------------------------------------------
+
+
+def test_success_returns_text_usage_and_sends_the_request(stub: OpenAIStub, provider: OpenAIProvider) -> None:
+    stub.reply_with("hello there", prompt_tokens=21, completion_tokens=3)
+
+    result = complete(provider, model="gpt-test")
+
+    assert result == Completion(text="hello there", prompt_tokens=21, completion_tokens=3, model="gpt-test")
+    assert stub.requests == [
+        {
+            "model": "gpt-test",
+            "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Say hello to the tests"},
+            ],
+            "max_tokens": 64,
+        }
+    ]
+    assert stub.request_headers[0]["content-type"] == "application/json"
+
+
+def test_default_model_is_used_when_model_is_none(stub: OpenAIStub, provider: OpenAIProvider) -> None:
+    result = complete(provider, model=None)
+
+    assert stub.requests[0]["model"] == "default-model"
+    assert result.model == "default-model"
+    assert result.text == "stub answer: Say hello to the tests"
+
+
+def test_stub_answers_a_plan_request_with_a_json_array(stub: OpenAIStub, provider: OpenAIProvider) -> None:
+    messages = [ChatMessage("user", "Plan it. Respond with a JSON array of steps, nothing else.")]
+
+    result = provider.complete(messages, model=None, max_tokens=64, timeout_s=5)
+
+    assert result.text == '["step one", "step two"]'
+
+
+def test_authorization_header_sent_only_when_a_key_is_set(stub: OpenAIStub) -> None:
+    with make_provider(stub.base_url, api_key="sk-test-123") as keyed:
+        complete(keyed)
+    with make_provider(stub.base_url, api_key=None) as anonymous:
+        complete(anonymous)
+
+    assert stub.request_headers[0]["authorization"] == "Bearer sk-test-123"
+    assert "authorization" not in stub.request_headers[1]
+
+
+def test_missing_usage_is_estimated_from_text_length(stub: OpenAIStub, provider: OpenAIProvider) -> None:
+    stub.reply_raw('{"choices": [{"message": {"role": "assistant", "content": "abcdefghij"}}]}')
+
+    result = complete(provider)
+
+    prompt_chars = sum(len(m.content) for m in MESSAGES)
+    assert (result.prompt_tokens, result.completion_tokens) == (prompt_chars // 4, 10 // 4)
+    assert result.model == "m"
+
+
+def test_null_content_is_an_empty_answer(stub: OpenAIStub, provider: OpenAIProvider) -> None:
+    stub.reply_raw(
+        '{"choices": [{"message": {"role": "assistant", "content": null}}],'
+        ' "usage": {"prompt_tokens": 4, "completion_tokens": 0}}'
+    )
+
+    assert complete(provider).text == ""
+
+
+def test_connections_are_kept_alive_between_calls(stub: OpenAIStub, provider: OpenAIProvider) -> None:
+    for _ in range(3):
+        complete(provider)
+
+    assert len(stub.requests) == 3
+    assert stub.connections_accepted == 1
+
+
+def test_concurrent_calls_share_one_client(stub: OpenAIStub, provider: OpenAIProvider) -> None:
+    """Hundreds of calls in flight at once, on one provider: none waits for another.
+
+    More than httpx's default pool (100) allows; and enough that one httpcore pool, whose
+    bookkeeping is quadratic in its connections, would take several times the 0.5 s.
+    """
+    stub.delay(0.5)
+    calls = 300
+    with ThreadPoolExecutor(max_workers=calls) as pool:
+        for _ in range(2):  # the second round reuses the kept-alive connections
+            started = time.monotonic()
+            results = list(pool.map(lambda _: complete(provider, timeout_s=10), range(calls)))
+            elapsed = time.monotonic() - started
+
+            assert len(results) == calls
+            assert elapsed < 1.6, f"{calls} calls of 0.5 s took {elapsed:.2f} s"
+
+    assert len(stub.requests) == 2 * calls
+    assert stub.connections_accepted <= calls
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 408, 429])
+def test_server_errors_are_retryable_and_not_retried_by_the_client(
+    stub: OpenAIStub, provider: OpenAIProvider, status: int
+) -> None:
+    stub.always_fail(status)
+
+    with pytest.raises(ProviderError) as raised:
+        complete(provider)
+
+    assert raised.value.retryable is True
+    assert str(status) in raised.value.message
+    assert "stub failure" in raised.value.message  # an excerpt of the error body
+    assert len(stub.requests) == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_request_errors_are_not_retryable(stub: OpenAIStub, provider: OpenAIProvider, status: int) -> None:
+    stub.always_fail(status)
+
+    with pytest.raises(ProviderError) as raised:
+        complete(provider)
+
+    assert raised.value.retryable is False
+    assert str(status) in raised.value.message
+    assert len(stub.requests) == 1
+
+
+def test_a_failure_does_not_spoil_the_next_call(stub: OpenAIStub, provider: OpenAIProvider) -> None:
+    stub.fail_times(1, status=503)
+
+    with pytest.raises(ProviderError):
+        complete(provider)
+    assert complete(provider).text.startswith("stub answer:")
+    assert len(stub.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "this is not json",
+        '{"choices": [{"message": {"role": "assistant", "content": "cut off',
+        '{"choices": []}',
+        '{"id": "x"}',
+        '{"choices": [{"message": {"role": "assistant", "content": 42}}]}',
+        "[1, 2, 3]",
+    ],
+)
+def test_malformed_answers_are_retryable_provider_errors(
+    stub: OpenAIStub, provider: OpenAIProvider, body: str
+) -> None:
+    stub.reply_raw(body)
+
+    with pytest.raises(ProviderError) as raised:
+        complete(provider)
+
+    assert raised.value.retryable is True
+    assert "HTTP 200" in raised.value.message
+
+
+def test_connection_refused_is_a_retryable_provider_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # nothing listens on `port` any more
+
+    with (
+        make_provider(f"http://127.0.0.1:{port}/v1") as provider,
+        pytest.raises(ProviderError) as raised,
+    ):
+        complete(provider)
+
+    assert raised.value.retryable is True
+    assert "could not reach" in raised.value.message
+
+
+# --- the deadline -----------------------------------------------------------------------------
+
+
+def test_a_hanging_server_times_out_at_the_deadline(stub: OpenAIStub, provider: OpenAIProvider) -> None:
+    stub.hang()
+
+    started = time.monotonic()
+    with pytest.raises(RunTimeout):
+        complete(provider, timeout_s=0.5)
+    elapsed = time.monotonic() - started
+
+    assert 0.45 <= elapsed < 1.5
+    assert len(stub.requests) == 1
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1.0])
+def test_no_time_left_raises_without_a_request(
+    stub: OpenAIStub, provider: OpenAIProvider, timeout_s: float
+) -> None:
+    with pytest.raises(RunTimeout):
+        complete(provider, timeout_s=timeout_s)
+
+    assert stub.requests == []
+
+
+class TrickleServer:
+    """Answers one connection byte by byte, every 50 ms, forever: in its headers or its body."""
+
+    def __init__(self, *, in_body: bool) -> None:
+        self.prefix = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+            if in_body
+            else b"HTTP/1.1 200 OK\r\n"
+        )
+        self.trickle = b'{"choices": "' if in_body else b"X-Slow: "
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(self.prefix + self.trickle)
+                while not self.stopping.wait(0.05):
+                    conn.sendall(b"a")
+            except OSError:
+                pass
+
+    def __enter__(self) -> TrickleServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        self.listener.close()
+        self.thread.join(2)
+
+
+@pytest.mark.parametrize("in_body", [False, True], ids=["headers", "body"])
+def test_a_trickling_server_cannot_stretch_the_deadline(in_body: bool) -> None:
+    """Every read returns a byte well within httpx's read timeout, yet the call ends on time."""
+    with TrickleServer(in_body=in_body) as server, make_provider(server.base_url) as provider:
+        started = time.monotonic()
+        with pytest.raises(RunTimeout):
+            complete(provider, timeout_s=0.5)
+        elapsed = time.monotonic() - started
+
+    assert 0.45 <= elapsed < 1.0
+
+
+def test_the_stub_stops_quickly_while_a_request_hangs() -> None:
+    stub = OpenAIStub().start()
+    stub.hang()
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        with make_provider(stub.base_url) as provider:
+            try:
+                complete(provider, timeout_s=5)
+            except (ProviderError, RunTimeout) as exc:
+                outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    give_up = time.monotonic() + 5
+    while not stub.requests and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert stub.requests, "the request never reached the stub"
+
+    started = time.monotonic()
+    stub.stop()
+    assert time.monotonic() - started < 1.0
+
+    caller.join(6)
+    assert not caller.is_alive()
+    # the stub drops the connection: the caller learns at once, not at its deadline
+    assert [type(exc) for exc in outcome] == [ProviderError]
