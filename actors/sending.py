@@ -1,18 +1,37 @@
-"""Sending run messages after commit, and recording in Postgres that they were sent."""
+"""Sending run messages after commit, and recording in Postgres that they were sent.
+
+`RedisBroker.enqueue` costs one round trip (one Lua call) per message, a few thousand messages a
+second. A burst of scheduled runs is sent here in pipelines instead: the same registered
+`dispatch` script with the same "enqueue" command and arguments, many per round trip, carrying
+messages identical to what `broker.enqueue` builds (a `redis_message_id` option; for a delay,
+the `<queue>.DQ` queue and an `eta` option). The broker's enqueue middleware hooks are called
+for each message, as `broker.enqueue` does (skipped when no middleware overrides them).
+
+A message's `redis_message_id` is its `message_id`, which is recorded on the run: it is the key
+of the message in the broker's `<queue>.msgs` hash, so the reconciler can tell a lost message.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis, dq_name
+from dramatiq.middleware import Middleware
+from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import Clock
 from app.services.dispatch import Dispatch, actor_name, mark_sent, queue_name
 
 logger = logging.getLogger(__name__)
+
+#: Messages per pipelined round trip to Redis.
+PIPELINE_BATCH = 2_000
 
 
 def send_dispatches(
@@ -26,20 +45,99 @@ def send_dispatches(
         return []
     broker = dramatiq.get_broker()
     sent: list[tuple[uuid.UUID, str]] = []
-    for dispatch in dispatches:
-        message = dramatiq.Message(
-            queue_name=queue_name(dispatch.priority),
-            actor_name=actor_name(dispatch.priority),
-            args=(str(dispatch.run_id),),
-            kwargs={},
-            options={},
-        )
+    for chunk in _chunks(dispatches, PIPELINE_BATCH):
         try:
-            enqueued = broker.enqueue(message, delay=dispatch.delay_ms or None)
-        except dramatiq.errors.ConnectionError:
-            logger.exception("run %s: could not reach Redis; the reconciler will resend", dispatch.run_id)
-            continue
-        sent.append((dispatch.run_id, enqueued.message_id))
-    with session_factory.begin() as session:
-        mark_sent(session, sent, clock.now())
+            sent.extend(enqueue_runs(broker, chunk))
+        except (RedisError, dramatiq.errors.ConnectionError):
+            logger.exception(
+                "could not reach Redis for %d run message(s) (first run %s); the reconciler will resend",
+                len(chunk),
+                chunk[0].run_id,
+            )
+    if sent:
+        with session_factory.begin() as session:
+            mark_sent(session, sent, clock.now())
     return sent
+
+
+def enqueue_runs(broker: Any, dispatches: Sequence[Dispatch]) -> list[tuple[uuid.UUID, str]]:
+    """Put one message per dispatch on its priority queue; returns (run id, message id) pairs."""
+    messages = [_message(dispatch, current_millis()) for dispatch in dispatches]
+    if not isinstance(broker, RedisBroker):  # another broker (e.g. a stub): one by one
+        for message, dispatch in zip(messages, dispatches, strict=True):
+            broker.enqueue(_undelayed(message), delay=dispatch.delay_ms or None)
+    else:
+        _pipeline_enqueue(broker, messages, dispatches)
+    return [(d.run_id, m.message_id) for d, m in zip(dispatches, messages, strict=True)]
+
+
+def _message(dispatch: Dispatch, now_ms: int) -> dramatiq.Message[Any]:
+    """The message `broker.enqueue` would put in Redis for this run."""
+    message_id = str(uuid.uuid4())
+    queue = queue_name(dispatch.priority)
+    options: dict[str, Any] = {"redis_message_id": message_id}
+    if dispatch.delay_ms > 0:
+        queue = dq_name(queue)
+        options["eta"] = now_ms + dispatch.delay_ms
+    return dramatiq.Message(
+        queue_name=queue,
+        actor_name=actor_name(dispatch.priority),
+        args=(str(dispatch.run_id),),
+        kwargs={},
+        options=options,
+        message_id=message_id,
+        message_timestamp=now_ms,
+    )
+
+
+def _undelayed(message: dramatiq.Message[Any]) -> dramatiq.Message[Any]:
+    """The message as given to `broker.enqueue`, which adds the delay itself."""
+    options = {k: v for k, v in message.options.items() if k not in ("eta", "redis_message_id")}
+    return message._replace(queue_name=message.queue_name.removesuffix(".DQ"), options=options)
+
+
+def _pipeline_enqueue(
+    broker: RedisBroker, messages: Sequence[dramatiq.Message[Any]], dispatches: Sequence[Dispatch]
+) -> None:
+    hooks = _has_enqueue_hooks(broker)
+    delays = [dispatch.delay_ms or None for dispatch in dispatches]
+    if hooks:
+        for message, delay in zip(messages, delays, strict=True):
+            broker.emit_before("enqueue", message, delay)
+    script = broker.scripts["dispatch"]
+    keys = [broker.namespace]
+    max_unpack = broker._max_unpack_size()  # type: ignore[no-untyped-call]
+    timestamp = current_millis()
+    pipe = broker.client.pipeline(transaction=False)
+    for message in messages:
+        args = [
+            "enqueue",
+            timestamp,
+            message.queue_name,
+            broker.broker_id,
+            broker.heartbeat_timeout,
+            broker.dead_message_ttl,
+            broker._should_do_maintenance("enqueue"),
+            max_unpack,
+            message.message_id,
+            message.encode(),
+        ]
+        script(keys=keys, args=args, client=pipe)
+    pipe.execute()
+    if hooks:
+        for message, delay in zip(messages, delays, strict=True):
+            broker.emit_after("enqueue", message, delay)
+
+
+def _has_enqueue_hooks(broker: RedisBroker) -> bool:
+    """Whether any middleware does something on enqueue (the base class's hooks do nothing)."""
+    return any(
+        type(m).before_enqueue is not Middleware.before_enqueue
+        or type(m).after_enqueue is not Middleware.after_enqueue
+        for m in broker.middleware
+    )
+
+
+def _chunks(items: Sequence[Dispatch], size: int) -> Iterator[Sequence[Dispatch]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -11,7 +11,7 @@ from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 
 from api.errors import EXCEPTION_HANDLERS
-from api.routes import agent, health, schedules, task_control, tasks
+from api.routes import agent, health, metrics, operations, schedules, task_control, tasks
 from api.state import ApiState
 from app.db import make_engine, make_session_factory
 from app.errors import AppError
@@ -55,6 +55,10 @@ def create_app(settings: Settings) -> Litestar:
             task_control.run_task_now,
             task_control.cancel_task,
             schedules.preview,
+            operations.scheduling_status,
+            operations.check_scheduled_tasks,
+            operations.stats,
+            metrics.metrics,
             health.health,
         ],
         state=State({"api": state}),

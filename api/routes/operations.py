@@ -23,7 +23,9 @@ def _state(request: Request[Any, Any, State]) -> ApiState:
 
 
 @get("/api/cron/check-scheduled-tasks", dependencies=CRON, sync_to_thread=True)
-def scheduling_status(request: Request[Any, Any, State], authorized: NamedDependency[None]) -> dict[str, Any]:
+def scheduling_status(
+    request: Request[Any, Any, State], authorized: NamedDependency[None]
+) -> dict[str, Any]:
     """Scheduling health: how many tasks are scheduled and how many are due now."""
     state = _state(request)
     with state.session_factory() as session:
@@ -31,13 +33,20 @@ def scheduling_status(request: Request[Any, Any, State], authorized: NamedDepend
 
 
 @post("/api/cron/check-scheduled-tasks", dependencies=CRON, sync_to_thread=True)
-def check_scheduled_tasks(request: Request[Any, Any, State], authorized: NamedDependency[None]) -> Response[dict[str, Any]]:
+def check_scheduled_tasks(
+    request: Request[Any, Any, State], authorized: NamedDependency[None]
+) -> Response[dict[str, Any]]:
     """Run one scheduling pass now (for an external cron service)."""
     state = _state(request)
     now = state.clock.now()
     result = run_scheduling_pass(state.session_factory, now=now, send=state.send)
     return Response(
-        {"status": "ok", "runsQueued": result.runs_queued, "runsSkipped": result.runs_skipped, "timestamp": iso(now)},
+        {
+            "status": "ok",
+            "runsQueued": result.runs_queued,
+            "runsSkipped": result.runs_skipped,
+            "timestamp": iso(now),
+        },
         status_code=200,
     )
 
@@ -47,4 +56,5 @@ def stats(request: Request[Any, Any, State], authorized: NamedDependency[None]) 
     """Queue and orchestrator figures."""
     state = _state(request)
     with state.session_factory() as session:
-        return queue_stats(dramatiq.get_broker().client, session, state.clock.now())
+        redis_client = dramatiq.get_broker().client  # type: ignore[attr-defined]
+        return dict(queue_stats(redis_client, session, state.clock.now()))
