@@ -14,7 +14,7 @@ from api.errors import EXCEPTION_HANDLERS
 from api.routes import agent, health, metrics, operations, schedules, task_control, tasks
 from api.state import ApiState
 from app.db import make_engine, make_session_factory
-from app.errors import AppError
+from app.errors import AppError, ConfigurationError
 from app.logging import configure_logging
 from app.services.run_events import RunWaiter
 from app.settings import Settings, get_settings
@@ -78,7 +78,11 @@ def __getattr__(name: str) -> Any:
     """`api.app:app` for `litestar --app` and uvicorn, built on first access, not at import."""
     if name == "app":
         configure_logging()
-        built = create_app(get_settings())
+        try:
+            settings = get_settings()
+        except ConfigurationError as exc:
+            raise SystemExit(f"agentsched api: {exc.message}") from None
+        built = create_app(settings)
         globals()["app"] = built
         return built
     raise AttributeError(name)

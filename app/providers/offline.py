@@ -20,6 +20,14 @@ def _count_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
+def _line_after(text: str, marker: str) -> str | None:
+    """The rest of the first line of `text` that starts with `marker`, if any."""
+    for line in text.splitlines():
+        if line.startswith(marker):
+            return line[len(marker) :].strip()
+    return None
+
+
 class OfflineProvider:
     name = "offline"
 
@@ -33,7 +41,8 @@ class OfflineProvider:
     ) -> Completion:
         prompt = "\n".join(message.content for message in messages)
         last = messages[-1].content if messages else ""
-        digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
+        tag = f"[offline provider {hashlib.sha256(prompt.encode()).hexdigest()[:8]}: no model was called]"
+        goal = _line_after(last, "Goal:") or "(no goal)"
         if PLAN_MARKER in prompt:
             text = json.dumps(
                 [
@@ -41,9 +50,14 @@ class OfflineProvider:
                     "Work through the goal and note the findings",
                 ]
             )
+        elif (step := _line_after(last, "Now do step")) is not None:
+            text = f"{tag} Notes for step {step}"
+        elif "Write the final result" in last:
+            steps = [line.removeprefix("Step ").strip() for line in last.splitlines() if line.startswith("Step ")]
+            done = "; ".join(steps) if steps else "no steps"
+            text = f"{tag} Result for the goal \"{goal[:200]}\". Steps worked through: {done}."
         else:
-            subject = last.strip().splitlines()[0][:160] if last.strip() else "(empty)"
-            text = f"[offline provider {digest}: no model was called] {subject}"
+            text = f"{tag} {last.strip()[:160] or '(empty prompt)'}"
         words = text.split()
         text = " ".join(words[: max(1, max_tokens)])
         return Completion(
