@@ -35,9 +35,7 @@ def _status_for(exc: AppError) -> int:
     return HTTP_500_INTERNAL_SERVER_ERROR
 
 
-def app_error_handler(
-    _: Request[Any, Any, Any], exc: AppError
-) -> Response[dict[str, object]]:
+def app_error_handler(_: Request[Any, Any, Any], exc: AppError) -> Response[dict[str, object]]:
     status = _status_for(exc)
     body: dict[str, object] = {"error": exc.code, "message": exc.message}
     if isinstance(exc, InvalidInput):
@@ -66,9 +64,7 @@ def validation_error_handler(
     )
 
 
-def http_error_handler(
-    _: Request[Any, Any, Any], exc: HTTPException
-) -> Response[dict[str, object]]:
+def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, object]]:
     return Response(
         {"error": "http_error", "message": exc.detail},
         status_code=exc.status_code,

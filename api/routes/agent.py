@@ -21,9 +21,7 @@ from app.services.tasks import CreatedTask, create_task, get_run, is_finished
 SYNC_WAIT_CAP_S = 60.0
 
 
-def _create(
-    state: ApiState, user_id: NamedDependency[uuid.UUID], request: ExecuteRequest
-) -> CreatedTask:
+def _create(state: ApiState, user_id: NamedDependency[uuid.UUID], request: ExecuteRequest) -> CreatedTask:
     with state.session_factory.begin() as session:
         created = create_task(session, user_id, request, state.clock.now())
     state.send(created.dispatches)  # after commit: the run row exists before its message

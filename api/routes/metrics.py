@@ -38,8 +38,18 @@ def render_metrics(stats: Mapping[str, Any]) -> str:
             [(f'{{queue="{queue}"}}', float(values.get(figure, 0))) for queue, values in queues.items()],
         )
     orchestrator = stats["orchestrator"]
-    metric("scheduler_running", "gauge", "1 when a scheduler process is alive.", [("", float(bool(orchestrator["running"])))])
-    metric("scheduler_uptime_seconds", "gauge", "Uptime of the oldest live scheduler.", [("", float(orchestrator["uptimeSeconds"] or 0))])
+    metric(
+        "scheduler_running",
+        "gauge",
+        "1 when a scheduler process is alive.",
+        [("", float(bool(orchestrator["running"])))],
+    )
+    metric(
+        "scheduler_uptime_seconds",
+        "gauge",
+        "Uptime of the oldest live scheduler.",
+        [("", float(orchestrator["uptimeSeconds"] or 0))],
+    )
     metric("tasks_queued", "gauge", "Tasks with a queued run.", [("", float(orchestrator["queuedTasks"]))])
     lateness = stats.get("lateness") or {}
     for quantile, key in (("0.5", "p50Ms"), ("0.99", "p99Ms")):
@@ -52,8 +62,18 @@ def render_metrics(stats: Mapping[str, Any]) -> str:
                 [("", float(value))],
             )
     slots = stats.get("slots") or {}
-    metric("slots_skipped_today", "gauge", "Slots skipped today because the previous run overlapped.", [("", float(slots.get("skipped", 0)))])
-    metric("slots_missed_today", "gauge", "Slots missed today (downtime) and not run.", [("", float(slots.get("missed", 0)))])
+    metric(
+        "slots_skipped_today",
+        "gauge",
+        "Slots skipped today because the previous run overlapped.",
+        [("", float(slots.get("skipped", 0)))],
+    )
+    metric(
+        "slots_missed_today",
+        "gauge",
+        "Slots missed today (downtime) and not run.",
+        [("", float(slots.get("missed", 0)))],
+    )
     return "\n".join(lines) + "\n"
 
 

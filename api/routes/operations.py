@@ -23,9 +23,7 @@ def _state(request: Request[Any, Any, State]) -> ApiState:
 
 
 @get("/api/cron/check-scheduled-tasks", dependencies=CRON, sync_to_thread=True)
-def scheduling_status(
-    request: Request[Any, Any, State], authorized: NamedDependency[None]
-) -> dict[str, Any]:
+def scheduling_status(request: Request[Any, Any, State], authorized: NamedDependency[None]) -> dict[str, Any]:
     """Scheduling health: how many tasks are scheduled and how many are due now."""
     state = _state(request)
     with state.session_factory() as session:

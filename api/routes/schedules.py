@@ -26,9 +26,7 @@ def _parse_after(value: str | None, now: datetime) -> datetime:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
     except ValueError:
-        raise InvalidInput(
-            {"after": "must be an ISO 8601 time, e.g. 2026-03-08T00:00:00Z"}
-        ) from None
+        raise InvalidInput({"after": "must be an ISO 8601 time, e.g. 2026-03-08T00:00:00Z"}) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -70,9 +68,7 @@ async def preview(
         try:
             schedule = parse_schedule(cron, "UTC" if "timezone" in problems else zone)
         except InvalidInput as exc:
-            problems.update(
-                {name.removeprefix("schedule."): text for name, text in exc.fields.items()}
-            )
+            problems.update({name.removeprefix("schedule."): text for name, text in exc.fields.items()})
     if problems or schedule is None:
         raise InvalidInput(problems)
     return {

@@ -53,9 +53,7 @@ def run_task_now(
     with state.session_factory.begin() as session:
         run, dispatch = task_control.run_now(session, user_id, task_id, now=state.clock.now())
     state.send([dispatch])
-    return Response(
-        {"taskId": str(task_id), "runId": str(run.id), "status": run.status}, status_code=202
-    )
+    return Response({"taskId": str(task_id), "runId": str(run.id), "status": run.status}, status_code=202)
 
 
 @post("/api/tasks/{task_id:uuid}/cancel", dependencies=USER, sync_to_thread=True)

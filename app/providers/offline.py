@@ -53,9 +53,11 @@ class OfflineProvider:
         elif (step := _line_after(last, "Now do step")) is not None:
             text = f"{tag} Notes for step {step}"
         elif "Write the final result" in last:
-            steps = [line.removeprefix("Step ").strip() for line in last.splitlines() if line.startswith("Step ")]
+            steps = [
+                line.removeprefix("Step ").strip() for line in last.splitlines() if line.startswith("Step ")
+            ]
             done = "; ".join(steps) if steps else "no steps"
-            text = f"{tag} Result for the goal \"{goal[:200]}\". Steps worked through: {done}."
+            text = f'{tag} Result for the goal "{goal[:200]}". Steps worked through: {done}.'
         else:
             text = f"{tag} {last.strip()[:160] or '(empty prompt)'}"
         words = text.split()

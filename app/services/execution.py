@@ -66,12 +66,8 @@ def execute_run(env: RunEnvironment, run_id: uuid.UUID) -> Dispatch | None:
                 delay,
             )
             return retry_later(session, claimed, outcome, delay_ms=delay, now=now)
-        if not finish(
-            session, claimed, outcome, tokens_per_credit=env.settings.tokens_per_credit, now=now
-        ):
-            logger.warning(
-                "run %s attempt %d lost its claim; outcome discarded", run_id, claimed.attempt
-            )
+        if not finish(session, claimed, outcome, tokens_per_credit=env.settings.tokens_per_credit, now=now):
+            logger.warning("run %s attempt %d lost its claim; outcome discarded", run_id, claimed.attempt)
         else:
             logger.info(
                 "run %s %s after %d attempt(s)",
@@ -82,9 +78,7 @@ def execute_run(env: RunEnvironment, run_id: uuid.UUID) -> Dispatch | None:
     return None
 
 
-def _fail_now(
-    session: Session, env: RunEnvironment, claimed: ClaimedRun, code: str, message: str
-) -> None:
+def _fail_now(session: Session, env: RunEnvironment, claimed: ClaimedRun, code: str, message: str) -> None:
     logger.info("run %s failed without retry: %s", claimed.run_id, message)
     finish(
         session,
@@ -98,16 +92,15 @@ def _fail_now(
 def _claim(env: RunEnvironment, run_id: uuid.UUID) -> ClaimedRun | None:
     now = env.clock.now()
     with env.session_factory.begin() as session:
-        claimed = claim_run(
-            session, run_id, now=now, lease_grace_ms=env.settings.run_lease_grace_ms
-        )
+        claimed = claim_run(session, run_id, now=now, lease_grace_ms=env.settings.run_lease_grace_ms)
         if claimed is None:
             logger.debug("run %s: nothing to claim (duplicate or late delivery)", run_id)
             return None
+        if claimed.cancel_requested:
+            _fail_now(session, env, claimed, "cancelled", "the task was cancelled")
+            return None
         if claimed.attempt > claimed.max_attempts:
-            _fail_now(
-                session, env, claimed, "worker_lost", "its worker stopped and no attempts were left"
-            )
+            _fail_now(session, env, claimed, "worker_lost", "its worker stopped and no attempts were left")
             return None
         try:
             get_agent(claimed.agent_type)
@@ -170,8 +163,6 @@ def _cancel_probe(env: RunEnvironment, run_id: uuid.UUID) -> Callable[[], bool]:
             return False
         last_check = env.clock.monotonic()
         with env.session_factory() as session:
-            return bool(
-                session.scalar(select(TaskRun.cancel_requested).where(TaskRun.id == run_id))
-            )
+            return bool(session.scalar(select(TaskRun.cancel_requested).where(TaskRun.id == run_id)))
 
     return should_stop

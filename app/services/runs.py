@@ -42,6 +42,8 @@ class ClaimedRun:
     agent_type: str
     model: str | None
     one_off: bool
+    #: Set when the task was cancelled while this run was running (its worker may have died since).
+    cancel_requested: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +100,7 @@ _CLAIM = text(
             OR (r.status = 'running' AND r.lease_expires_at < :now))
     RETURNING r.id, r.task_id, r.user_id, r.priority, r.attempts, r.max_attempts, r.timeout_ms,
               r.credits_reserved, r.tokens_used, t.description, t.agent_type,
-              t.agent_config ->> 'model', t.cron IS NULL
+              t.agent_config ->> 'model', t.cron IS NULL, r.cancel_requested
     """
 )
 
@@ -116,22 +118,16 @@ def claim_run(
     session: Session, run_id: uuid.UUID, *, now: datetime, lease_grace_ms: int
 ) -> ClaimedRun | None:
     """Take the run for one attempt, or None when it is not ours to run (duplicate, late, done)."""
-    row = session.execute(
-        _CLAIM, {"run_id": run_id, "now": now, "grace_ms": lease_grace_ms}
-    ).first()
+    row = session.execute(_CLAIM, {"run_id": run_id, "now": now, "grace_ms": lease_grace_ms}).first()
     if row is None:
         return None
     claimed = ClaimedRun(*row)  # type: ignore[arg-type]
     if claimed.one_off:
-        session.execute(
-            _TASK_FOLLOWS_RUN, {"task_id": claimed.task_id, "status": "running", "now": now}
-        )
+        session.execute(_TASK_FOLLOWS_RUN, {"task_id": claimed.task_id, "status": "running", "now": now})
     return claimed
 
 
-def hold_credits(
-    session: Session, claimed: ClaimedRun, amount: int, now: datetime
-) -> ClaimedRun | None:
+def hold_credits(session: Session, claimed: ClaimedRun, amount: int, now: datetime) -> ClaimedRun | None:
     """Reserve the run's budget on its first attempt; None when the user's credits can't cover it."""
     if claimed.reserved:
         return claimed
@@ -202,9 +198,7 @@ def retry_later(
     if row is None:
         return None
     if claimed.one_off:
-        session.execute(
-            _TASK_FOLLOWS_RUN, {"task_id": claimed.task_id, "status": "queued", "now": now}
-        )
+        session.execute(_TASK_FOLLOWS_RUN, {"task_id": claimed.task_id, "status": "queued", "now": now})
     return Dispatch(claimed.run_id, claimed.priority, delay_ms)
 
 

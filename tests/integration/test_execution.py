@@ -19,9 +19,7 @@ def test_an_async_request_is_queued_then_completes_with_tokens_and_credits(
 ):
     account = make_account()
     start_worker()
-    response = client.post(
-        "/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers
-    )
+    response = client.post("/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers)
     assert response.status_code == 202
     body = response.json()
     assert body["status"] == "queued"
@@ -68,9 +66,7 @@ def test_a_sync_request_answers_202_when_the_run_outlasts_its_wait(client, make_
 
 def test_another_users_task_and_run_are_404(client, make_account):
     owner, stranger = make_account(), make_account()
-    created = client.post(
-        "/api/agent/execute", json={**GOAL, "async": True}, headers=owner.headers
-    ).json()
+    created = client.post("/api/agent/execute", json={**GOAL, "async": True}, headers=owner.headers).json()
     for path in (
         f"/api/tasks/{created['taskId']}",
         f"/api/tasks/{created['taskId']}/runs",
@@ -93,12 +89,8 @@ def test_tasks_are_listed_newest_first_in_pages(client, make_account):
         for i in range(5)
     ]
     first = client.get("/api/tasks?limit=2", headers=account.headers).json()
-    second = client.get(
-        f"/api/tasks?limit=2&cursor={first['nextCursor']}", headers=account.headers
-    ).json()
-    third = client.get(
-        f"/api/tasks?limit=2&cursor={second['nextCursor']}", headers=account.headers
-    ).json()
+    second = client.get(f"/api/tasks?limit=2&cursor={first['nextCursor']}", headers=account.headers).json()
+    third = client.get(f"/api/tasks?limit=2&cursor={second['nextCursor']}", headers=account.headers).json()
     seen = [t["id"] for page in (first, second, third) for t in page["items"]]
     assert seen == list(reversed(ids))
     assert third["nextCursor"] is None
@@ -106,13 +98,9 @@ def test_tasks_are_listed_newest_first_in_pages(client, make_account):
     assert client.get("/api/tasks?status=bogus", headers=account.headers).status_code == 400
 
 
-def test_a_duplicate_delivery_runs_once_and_charges_once(
-    client, make_account, start_worker, session_factory
-):
+def test_a_duplicate_delivery_runs_once_and_charges_once(client, make_account, start_worker, session_factory):
     account = make_account()
-    created = client.post(
-        "/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers
-    ).json()
+    created = client.post("/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers).json()
     # Deliver the same run id three more times, as a broker redelivery would.
     for _ in range(3):
         dramatiq.get_broker().enqueue(
@@ -133,9 +121,7 @@ def test_a_duplicate_delivery_runs_once_and_charges_once(
         assert run is not None
         assert run.attempts == 1
         charges = session.scalar(
-            select(func.count())
-            .select_from(CreditLedgerEntry)
-            .where(CreditLedgerEntry.run_id == run.id)
+            select(func.count()).select_from(CreditLedgerEntry).where(CreditLedgerEntry.run_id == run.id)
         )
         assert charges == 1
         user = session.get(User, account.user_id)
@@ -152,9 +138,9 @@ def test_twenty_concurrent_runs_never_overdraw_and_the_ledger_sums_to_credits_us
     reservation = -(-settings.run_token_budget // settings.tokens_per_credit)
     assert 100 // reservation == 5
     run_ids = [
-        client.post(
-            "/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers
-        ).json()["runId"]
+        client.post("/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers).json()[
+            "runId"
+        ]
         for _ in range(20)
     ]
     start_worker(threads=16)
@@ -199,3 +185,73 @@ def test_insufficient_credits_fails_without_retry_and_without_charge(
     me = client.get("/api/me", headers=account.headers).json()
     assert me["creditsUsed"] == 0
     assert me["creditsRemaining"] == 5
+
+
+def _simulate_dead_worker(session_factory, run_id: str, *, attempts: int, cancel: bool = False) -> None:
+    """Leave the run as a worker that died mid-attempt would: running, its lease expired."""
+    from sqlalchemy import text
+
+    with session_factory.begin() as session:
+        session.execute(
+            text(
+                "UPDATE task_runs SET status = 'running', attempts = :attempts, started_at = now(),"
+                " lease_expires_at = now() - interval '1 second', cancel_requested = :cancel WHERE id = :id"
+            ),
+            {"id": run_id, "attempts": attempts, "cancel": cancel},
+        )
+
+
+def _redeliver(run_id: str) -> None:
+    dramatiq.get_broker().enqueue(
+        dramatiq.Message(
+            queue_name=queue_name("medium"),
+            actor_name=actor_name("medium"),
+            args=(run_id,),
+            kwargs={},
+            options={},
+        )
+    )
+
+
+def test_a_run_whose_worker_died_is_claimed_again_and_counts_an_attempt(
+    client, make_account, start_worker, session_factory
+):
+    account = make_account()
+    created = client.post("/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers).json()
+    dramatiq.get_broker().flush_all()
+    _simulate_dead_worker(session_factory, created["runId"], attempts=1)
+    start_worker()
+    _redeliver(created["runId"])
+    [run] = wait_for_runs(session_factory, [created["runId"]])
+    assert run.status == "completed"
+    assert run.attempts == 2
+
+
+def test_a_run_whose_worker_died_with_no_attempts_left_fails_as_worker_lost(
+    client, make_account, start_worker, session_factory
+):
+    account = make_account()
+    body = {**GOAL, "async": True, "agentConfig": {"maxRetries": 0}}
+    created = client.post("/api/agent/execute", json=body, headers=account.headers).json()
+    dramatiq.get_broker().flush_all()
+    _simulate_dead_worker(session_factory, created["runId"], attempts=1)
+    start_worker()
+    _redeliver(created["runId"])
+    [run] = wait_for_runs(session_factory, [created["runId"]])
+    assert run.status == "failed"
+    assert run.error is not None
+    assert run.error["code"] == "worker_lost"
+
+
+def test_a_cancelled_run_whose_worker_died_is_not_run_again(
+    client, make_account, start_worker, session_factory
+):
+    account = make_account()
+    created = client.post("/api/agent/execute", json={**GOAL, "async": True}, headers=account.headers).json()
+    dramatiq.get_broker().flush_all()
+    _simulate_dead_worker(session_factory, created["runId"], attempts=1, cancel=True)
+    start_worker()
+    _redeliver(created["runId"])
+    [run] = wait_for_runs(session_factory, [created["runId"]])
+    assert run.status == "cancelled"
+    assert run.tokens_used == 0

@@ -27,16 +27,22 @@ class ScriptedProvider:
         self.prompts: list[str] = []
         self.max_tokens: list[int] = []
 
-    def complete(self, messages: Sequence[ChatMessage], *, model: str | None, max_tokens: int, timeout_s: float) -> Completion:
+    def complete(
+        self, messages: Sequence[ChatMessage], *, model: str | None, max_tokens: int, timeout_s: float
+    ) -> Completion:
         self.prompts.append(messages[-1].content)
         self.max_tokens.append(max_tokens)
         if self.clock is not None:
             self.clock.advance(1.0)
         answer = self.answers.pop(0) if self.answers else "done"
-        return Completion(text=answer, prompt_tokens=self.tokens, completion_tokens=self.tokens, model="scripted")
+        return Completion(
+            text=answer, prompt_tokens=self.tokens, completion_tokens=self.tokens, model="scripted"
+        )
 
 
-def _run(provider: object, *, budget: int = 20_000, deadline_s: float = 60, clock=SYSTEM_CLOCK, stop=lambda: False) -> AgentRun:
+def _run(
+    provider: object, *, budget: int = 20_000, deadline_s: float = 60, clock=SYSTEM_CLOCK, stop=lambda: False
+) -> AgentRun:
     return AgentRun(
         get_agent("research_agent"),
         "Compare three vendors",
@@ -55,7 +61,9 @@ def test_at_least_three_agent_types_with_distinct_prompts():
 
 
 def test_a_run_plans_executes_each_step_with_previous_outputs_and_sums_tokens():
-    provider = ScriptedProvider(['["find prices", "compare"]', "prices found", "comparison made", "final answer"])
+    provider = ScriptedProvider(
+        ['["find prices", "compare"]', "prices found", "comparison made", "final answer"]
+    )
     run = _run(provider)
     assert run.run() == "final answer"
     assert run.calls == 4

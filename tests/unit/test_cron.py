@@ -519,9 +519,7 @@ def _oracle(expr: str, tz: str, start: datetime, days: int) -> list[datetime]:
     for offset in range(days + 2):
         day = first + timedelta(days=offset)
         in_dom, in_dow = day.day in dom_set, (day.weekday() + 1) % 7 in dow_set
-        if day.month not in month_set or not (
-            (in_dom and in_dow) if days_and else (in_dom or in_dow)
-        ):
+        if day.month not in month_set or not ((in_dom and in_dow) if days_and else (in_dom or in_dow)):
             continue
         for hour in sorted(hrs):
             for minute in sorted(mins):
@@ -556,9 +554,7 @@ def _matches(expr: str, wall: datetime) -> bool:
 
 
 @pytest.mark.parametrize(("expr", "tz", "start"), _random_cases(400))
-def test_random_schedules_agree_with_a_brute_force_oracle(
-    expr: str, tz: str, start: datetime
-) -> None:
+def test_random_schedules_agree_with_a_brute_force_oracle(expr: str, tz: str, start: datetime) -> None:
     zone = ZoneInfo(tz)
     schedule = parse_schedule(expr, tz)
     got = next_fires(schedule, start, 5)
