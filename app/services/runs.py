@@ -21,6 +21,7 @@ from app.models import Task, TaskRun
 from app.models.enums import RunStatus, Trigger
 from app.services import credits
 from app.services.dispatch import Dispatch
+from app.services.task_input import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_MS
 
 RUN_FINISHED_CHANNEL = "agentsched_run_finished"
 
@@ -75,8 +76,8 @@ def new_run(
         status=status.value,
         priority=task.priority,
         attempts=0,
-        max_attempts=1 + int(config.get("maxRetries", 3)),
-        timeout_ms=int(config.get("timeout", 300_000)),
+        max_attempts=1 + int(config.get("maxRetries", DEFAULT_MAX_RETRIES)),
+        timeout_ms=int(config.get("timeout", DEFAULT_TIMEOUT_MS)),
         cancel_requested=False,
         tokens_used=0,
         credits_used=0,
