@@ -1,11 +1,15 @@
 """Sending run messages after commit, and recording in Postgres that they were sent.
 
 `RedisBroker.enqueue` costs one round trip (one Lua call) per message, a few thousand messages a
-second. A burst of scheduled runs is sent here in pipelines instead: the same registered
-`dispatch` script with the same "enqueue" command and arguments, many per round trip, carrying
-messages identical to what `broker.enqueue` builds (a `redis_message_id` option; for a delay,
-the `<queue>.DQ` queue and an `eta` option). The broker's enqueue middleware hooks are called
-for each message, as `broker.enqueue` does (skipped when no middleware overrides them).
+second. A burst of scheduled runs is sent here in batches instead: per queue, one HSET of every
+message into `<queue>.msgs` and one RPUSH of their ids onto `<queue>`, which is exactly what the
+broker's dispatch.lua "enqueue" command does per message, in one MULTI/EXEC, so a batch reaches
+Redis whole or not at all (a half-sent batch could leave a message in the hash but not in the
+list, which the reconciler would take for present). The messages are identical to what
+`broker.enqueue` builds (a `redis_message_id` option; for a delay, the `<queue>.DQ` queue and an
+`eta` option). The broker's enqueue middleware hooks are called for each message, as
+`broker.enqueue` does (skipped when no middleware overrides them). That this layout is the
+broker's is checked by the integration tests, which run these messages on a real worker.
 
 A message's `redis_message_id` is its `message_id`, which is recorded on the run: it is the key
 of the message in the broker's `<queue>.msgs` hash, so the reconciler can tell a lost message.
@@ -48,7 +52,7 @@ def send_dispatches(
     for chunk in _chunks(dispatches, PIPELINE_BATCH):
         try:
             sent.extend(enqueue_runs(broker, chunk))
-        except (RedisError, dramatiq.errors.ConnectionError):
+        except (RedisError, dramatiq.errors.BrokerError):
             logger.exception(
                 "could not reach Redis for %d run message(s) (first run %s); the reconciler will resend",
                 len(chunk),
@@ -99,30 +103,21 @@ def _undelayed(message: dramatiq.Message[Any]) -> dramatiq.Message[Any]:
 def _pipeline_enqueue(
     broker: RedisBroker, messages: Sequence[dramatiq.Message[Any]], dispatches: Sequence[Dispatch]
 ) -> None:
+    """What dispatch.lua's "enqueue" does per message (HSET into `<queue>.msgs`, RPUSH onto
+    `<queue>`), for a whole batch in one MULTI/EXEC: all of the batch reaches Redis or none."""
     hooks = _has_enqueue_hooks(broker)
     delays = [dispatch.delay_ms or None for dispatch in dispatches]
     if hooks:
         for message, delay in zip(messages, delays, strict=True):
             broker.emit_before("enqueue", message, delay)
-    script = broker.scripts["dispatch"]
-    keys = [broker.namespace]
-    max_unpack = broker._max_unpack_size()  # type: ignore[no-untyped-call]
-    timestamp = current_millis()
-    pipe = broker.client.pipeline(transaction=False)
+    by_queue: dict[str, list[dramatiq.Message[Any]]] = {}
     for message in messages:
-        args = [
-            "enqueue",
-            timestamp,
-            message.queue_name,
-            broker.broker_id,
-            broker.heartbeat_timeout,
-            broker.dead_message_ttl,
-            broker._should_do_maintenance("enqueue"),
-            max_unpack,
-            message.message_id,
-            message.encode(),
-        ]
-        script(keys=keys, args=args, client=pipe)
+        by_queue.setdefault(message.queue_name, []).append(message)
+    pipe = broker.client.pipeline(transaction=True)
+    for queue, queued in by_queue.items():
+        key = f"{broker.namespace}:{queue}"
+        pipe.hset(f"{key}.msgs", mapping={m.message_id: m.encode() for m in queued})
+        pipe.rpush(key, *(m.message_id for m in queued))
     pipe.execute()
     if hooks:
         for message, delay in zip(messages, delays, strict=True):

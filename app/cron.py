@@ -122,9 +122,7 @@ def _parse_value(token: str, name: str, low: int, high: int, names: Mapping[str,
     return value
 
 
-def _parse_field(
-    text: str, name: str, low: int, high: int, names: Mapping[str, int]
-) -> frozenset[int]:
+def _parse_field(text: str, name: str, low: int, high: int, names: Mapping[str, int]) -> frozenset[int]:
     values: set[int] = set()
     for part in text.split(","):
         if not part:
@@ -168,8 +166,7 @@ def _parse_spec(expr: str) -> _Spec:
     if len(parts) != 5:
         extra = " (a seconds or year field is not supported)" if len(parts) in (6, 7) else ""
         raise _invalid(
-            f"expected 5 fields (minute hour day-of-month month day-of-week), "
-            f"got {len(parts)}{extra}"
+            f"expected 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}{extra}"
         )
     minutes, hours, doms, months, dows = (
         _parse_field(part, *spec) for part, spec in zip(parts, _FIELDS, strict=True)
@@ -400,9 +397,7 @@ def next_fires(schedule: CronSchedule, after: datetime, count: int) -> list[date
     return fires
 
 
-def latest_fire_at_or_before(
-    schedule: CronSchedule, now: datetime, not_before: datetime
-) -> datetime | None:
+def latest_fire_at_or_before(schedule: CronSchedule, now: datetime, not_before: datetime) -> datetime | None:
     """The latest fire instant ``s`` with ``not_before <= s <= now``, or None.
 
     Used after downtime: of all missed slots only the latest is run.

@@ -9,6 +9,4 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [%(processName)s %(threadName)s] %(name)
 
 
 def configure_logging(level: str | None = None) -> None:
-    logging.basicConfig(
-        level=(level or os.environ.get("LOG_LEVEL", "INFO")).upper(), format=LOG_FORMAT
-    )
+    logging.basicConfig(level=(level or os.environ.get("LOG_LEVEL", "INFO")).upper(), format=LOG_FORMAT)

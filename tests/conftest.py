@@ -14,12 +14,8 @@ from sqlalchemy.engine import make_url
 from app.settings import DEFAULT_DATABASE_URL
 
 _base_db = make_url(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
-TEST_DATABASE = os.environ.get(
-    "AGENTSCHED_TEST_DATABASE", f"{_base_db.database or 'agentsched'}_test"
-)
-os.environ["DATABASE_URL"] = _base_db.set(database=TEST_DATABASE).render_as_string(
-    hide_password=False
-)
+TEST_DATABASE = os.environ.get("AGENTSCHED_TEST_DATABASE", f"{_base_db.database or 'agentsched'}_test")
+os.environ["DATABASE_URL"] = _base_db.set(database=TEST_DATABASE).render_as_string(hide_password=False)
 os.environ["AGENTSCHED_ADMIN_DATABASE_URL"] = _base_db.set(database="postgres").render_as_string(
     hide_password=False
 )
@@ -27,9 +23,7 @@ os.environ["AGENTSCHED_ADMIN_DATABASE_URL"] = _base_db.set(database="postgres").
 _redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_REDIS_DB = int(os.environ.get("AGENTSCHED_TEST_REDIS_DB", "14"))
 os.environ["REDIS_URL"] = (
-    _redis.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}"
-    if _redis.count("/") >= 3
-    else f"{_redis}/{TEST_REDIS_DB}"
+    _redis.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}" if _redis.count("/") >= 3 else f"{_redis}/{TEST_REDIS_DB}"
 )
 
 # Fast, deterministic defaults for tests; individual tests override through settings.

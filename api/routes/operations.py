@@ -37,7 +37,12 @@ def check_scheduled_tasks(
     """Run one scheduling pass now (for an external cron service)."""
     state = _state(request)
     now = state.clock.now()
-    result = run_scheduling_pass(state.session_factory, now=now, send=state.send)
+    result = run_scheduling_pass(
+        state.session_factory,
+        now=now,
+        send=state.send,
+        redis_client=dramatiq.get_broker().client,  # type: ignore[attr-defined]
+    )
     return Response(
         {
             "status": "ok",

@@ -66,6 +66,4 @@ def get_agent(name: str) -> AgentType:
     try:
         return AGENT_TYPES[name]
     except KeyError:
-        raise UnknownAgent(
-            f"unknown agent type {name!r}; valid: {', '.join(agent_names())}"
-        ) from None
+        raise UnknownAgent(f"unknown agent type {name!r}; valid: {', '.join(agent_names())}") from None

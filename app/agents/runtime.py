@@ -110,9 +110,7 @@ class AgentRun:
                     number - 1,
                 )
                 break
-            previous = "\n\n".join(
-                f"Step {i}: {s}\nOutput: {o}" for i, (s, o) in enumerate(outputs, 1)
-            )
+            previous = "\n\n".join(f"Step {i}: {s}\nOutput: {o}" for i, (s, o) in enumerate(outputs, 1))
             answer = self._call(
                 f"Goal: {self.goal}\n\n{previous}\n\nNow do step {number} of {len(steps)}: {step}"
             )

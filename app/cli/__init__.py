@@ -14,33 +14,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
-    dev = commands.add_parser(
-        "dev", help="run the whole system locally (embedded services if needed)"
-    )
+    dev = commands.add_parser("dev", help="run the whole system locally (embedded services if needed)")
     dev.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     dev.add_argument("--demo-email", default="demo@agentsched.local")
     test = commands.add_parser("test", help="run the test suite against real Postgres and Redis")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
     commands.add_parser("status", help="print the orchestrator status block")
 
-    users = commands.add_parser("users", help="manage users").add_subparsers(
-        dest="action", required=True
-    )
+    users = commands.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
     create = users.add_parser("create", help="create a user")
     create.add_argument("--email", required=True)
     create.add_argument("--plan", default="free", choices=["free", "pro", "enterprise"])
     create.add_argument("--credits", type=int, help="monthly credits (default: the plan's)")
 
-    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
-        dest="action", required=True
-    )
-    keys.add_parser("create", help="issue an API key (shown once)").add_argument(
-        "--email", required=True
-    )
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    keys.add_parser("create", help="issue an API key (shown once)").add_argument("--email", required=True)
 
-    credits = commands.add_parser("credits", help="credits").add_subparsers(
-        dest="action", required=True
-    )
+    credits = commands.add_parser("credits", help="credits").add_subparsers(dest="action", required=True)
     credits.add_parser("reset", help="set credits_used to 0").add_argument("--email", required=True)
 
     plan = commands.add_parser("plan", help="plans").add_subparsers(dest="action", required=True)

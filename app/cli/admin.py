@@ -37,12 +37,8 @@ def _run(session: object, args: argparse.Namespace) -> int:
     assert isinstance(session, Session)
     action = (args.command, getattr(args, "action", None))
     if action == ("users", "create"):
-        user = accounts.create_user(
-            session, email=args.email, plan=args.plan, monthly_credits=args.credits
-        )
-        print(
-            f"created user {user.email} ({user.plan}, {user.monthly_credits} credits/month) id={user.id}"
-        )
+        user = accounts.create_user(session, email=args.email, plan=args.plan, monthly_credits=args.credits)
+        print(f"created user {user.email} ({user.plan}, {user.monthly_credits} credits/month) id={user.id}")
     elif action == ("keys", "create"):
         user = accounts.get_user_by_email(session, args.email)
         key = accounts.issue_api_key(session, user)
@@ -60,9 +56,9 @@ def _run(session: object, args: argparse.Namespace) -> int:
         if args.email:
             query = query.where(User.email == args.email.strip().lower())
         rows = session.execute(query.order_by(Task.created_at.desc()).limit(200)).all()
-        print(
-            f"{'id':36}  {'status':9}  {'priority':8}  {'agent':14}  {'next run (UTC)':20}  {'email':24}  title"
-        )
+        columns = ("id", "status", "priority", "agent", "next run (UTC)", "email")
+        widths = (36, 9, 8, 14, 20, 24)
+        print("  ".join(f"{name:{width}}" for name, width in zip(columns, widths, strict=True)) + "  title")
         for task, email in rows:
             next_run = task.next_run_at.strftime("%Y-%m-%d %H:%M:%S") if task.next_run_at else "-"
             print(

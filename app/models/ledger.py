@@ -26,9 +26,7 @@ class CreditLedgerEntry(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    run_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("task_runs.id", ondelete="SET NULL")
-    )
+    run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("task_runs.id", ondelete="SET NULL"))
     #: 'charge' (a run's cost) or 'adjustment' (reset by an operator).
     kind: Mapped[str] = mapped_column(String(16))
     amount: Mapped[int] = mapped_column(Integer)

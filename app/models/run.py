@@ -44,6 +44,12 @@ class TaskRun(Base):
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
         Index("ix_task_runs_finished_at", "finished_at"),
+        # The overlap rule asks, per due task, whether it has a run still queued or running.
+        Index(
+            "ix_task_runs_active_task_id",
+            "task_id",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(
@@ -65,16 +71,15 @@ class TaskRun(Base):
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     #: Earliest time the next attempt may start (retry backoff).
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    #: When the message for the current attempt went to Redis, and its Dramatiq message id.
+    #: When the message for the current attempt went to Redis, and its Dramatiq message id (also
+    #: its key in the broker's `<queue>.msgs` hash, which the reconciler checks).
     message_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     message_id: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: A running attempt past this time belongs to a dead worker and may be claimed again.
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    cancel_requested: Mapped[bool] = mapped_column(
-        Boolean, default=False, server_default=text("false")
-    )
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     tokens_used: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     credits_used: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     #: Credits this run holds on its user until it ends.

@@ -52,17 +52,13 @@ class Task(Base):
     )
     #: The schedule object as given ({enabled, cron, timezone}); the columns below drive it.
     schedule: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    schedule_enabled: Mapped[bool] = mapped_column(
-        Boolean, default=False, server_default=text("false")
-    )
+    schedule_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     cron: Mapped[str | None] = mapped_column(String(200))
     timezone: Mapped[str | None] = mapped_column(String(64))
     next_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: {timeout (ms), maxRetries, model}
-    agent_config: Mapped[dict[str, Any]] = mapped_column(
-        JSONB, default=dict, server_default=text("'{}'")
-    )
+    agent_config: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'"))
     tokens_used: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     credits_used: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     result: Mapped[str | None] = mapped_column(Text)

@@ -21,9 +21,7 @@ class User(Base):
         primary_key=True, default=uuid.uuid4, server_default=text("gen_random_uuid()")
     )
     email: Mapped[str] = mapped_column(String(320), unique=True)
-    plan: Mapped[str] = mapped_column(
-        String(20), default=Plan.FREE.value, server_default=Plan.FREE.value
-    )
+    plan: Mapped[str] = mapped_column(String(20), default=Plan.FREE.value, server_default=Plan.FREE.value)
     monthly_credits: Mapped[int] = mapped_column(Integer)
     #: Credits charged in `credits_period` (the first day of a UTC month); the ledger sums to it.
     credits_used: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
@@ -43,9 +41,7 @@ class ApiKey(Base):
     id: Mapped[uuid.UUID] = mapped_column(
         primary_key=True, default=uuid.uuid4, server_default=text("gen_random_uuid()")
     )
-    user_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), index=True
-    )
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     #: The first characters of the key, so a user can tell keys apart.
     prefix: Mapped[str] = mapped_column(String(16))

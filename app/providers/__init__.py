@@ -32,6 +32,7 @@ def make_provider(settings: Settings) -> ModelProvider:
 
         provider = OfflineProvider()
         logger.info(
-            "model provider: offline (deterministic, no network; set LLM_API_KEY or LLM_BASE_URL for a real model)"
+            "model provider: offline (deterministic, no network; "
+            "set LLM_API_KEY or LLM_BASE_URL for a real model)"
         )
     return provider

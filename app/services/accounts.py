@@ -67,9 +67,7 @@ def issue_api_key(session: Session, user: User) -> str:
 def authenticate(session: Session, key: str) -> uuid.UUID:
     """The id of the user a live key belongs to; `NotAuthenticated` otherwise."""
     user_id = session.scalar(
-        select(ApiKey.user_id).where(
-            ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None)
-        )
+        select(ApiKey.user_id).where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
     )
     if user_id is None:
         raise NotAuthenticated("invalid API key")

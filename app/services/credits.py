@@ -71,9 +71,7 @@ _CHARGE = text(
 
 def reserve(session: Session, user_id: uuid.UUID, amount: int, now: datetime) -> bool:
     """Hold `amount` credits for a run; False when the month's credits cannot cover it."""
-    row = session.execute(
-        _RESERVE, {"user_id": user_id, "amount": amount, "period": month_of(now)}
-    ).first()
+    row = session.execute(_RESERVE, {"user_id": user_id, "amount": amount, "period": month_of(now)}).first()
     return row is not None
 
 
@@ -116,9 +114,7 @@ def settle(
     return charge
 
 
-def record_adjustment(
-    session: Session, user_id: uuid.UUID, amount: int, now: datetime | None = None
-) -> None:
+def record_adjustment(session: Session, user_id: uuid.UUID, amount: int, now: datetime | None = None) -> None:
     """An operator's change to `credits_used`, kept in the ledger so it still sums."""
     from app.clock import SYSTEM_CLOCK
 

@@ -45,9 +45,7 @@ class RunWaiter:
                 await self._task
         self._wake_all()
 
-    async def wait(
-        self, run_id: str, timeout_s: float, is_finished: Callable[[], Awaitable[bool]]
-    ) -> bool:
+    async def wait(self, run_id: str, timeout_s: float, is_finished: Callable[[], Awaitable[bool]]) -> bool:
         """True once the run has finished; False when `timeout_s` passes first."""
         deadline = time.monotonic() + timeout_s
         loop = asyncio.get_running_loop()
@@ -81,9 +79,7 @@ class RunWaiter:
     async def _listen_forever(self) -> None:
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True
-                ) as conn:
+                async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {RUN_FINISHED_CHANNEL}")
                     self._wake_all()  # anything finished while we were not listening
                     async for notification in conn.notifies():
@@ -91,8 +87,6 @@ class RunWaiter:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.warning(
-                    "run-finished listener lost its connection; reconnecting", exc_info=True
-                )
+                logger.warning("run-finished listener lost its connection; reconnecting", exc_info=True)
                 self._wake_all()
                 await asyncio.sleep(1.0)

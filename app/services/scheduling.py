@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -49,6 +51,8 @@ logger = logging.getLogger(__name__)
 #: minutely task back from a month of downtime does not stall the pass.
 MISSED_COUNT_LIMIT = 1_000
 _EPSILON = timedelta(microseconds=1)
+#: Committed batches waiting to be sent while the pass claims the next one.
+MAX_BATCHES_IN_FLIGHT = 2
 
 OVERLAP_ERROR = {
     "code": "overlap",
@@ -56,7 +60,9 @@ OVERLAP_ERROR = {
 }
 
 # Uses ix_tasks_schedule_enabled_next_run_at: equality on the first column, range and order on
-# the second, so the scan stops after :limit rows; locked rows (another pass) are skipped.
+# the second, so the scan stops after :limit rows; locked rows (another pass) are skipped. NO KEY
+# UPDATE, because the key is not changed: inserting a run for the task (its foreign key takes
+# KEY SHARE) is not blocked, while another pass, a PATCH or a cancel is.
 _CLAIM_DUE = text(
     """
     SELECT id, cron, timezone, next_run_at
@@ -64,29 +70,32 @@ _CLAIM_DUE = text(
      WHERE schedule_enabled AND next_run_at <= :now
      ORDER BY next_run_at
      LIMIT :limit
-       FOR UPDATE SKIP LOCKED
+       FOR NO KEY UPDATE SKIP LOCKED
     """
 )
 
-# One statement per batch: the overlap test, the run rows and the (task, slot) deduplication.
+# One statement per batch: the overlap test (once per task: the CTE is materialized), the run
+# rows and the (task, slot) deduplication.
 _INSERT_RUNS = text(
     """
+    WITH due AS MATERIALIZED (
+        SELECT u.task_id, u.slot,
+               CASE WHEN EXISTS (SELECT 1 FROM task_runs AS r
+                                  WHERE r.task_id = u.task_id
+                                    AND r.status IN ('queued', 'running'))
+                    THEN 'skipped' ELSE 'queued' END AS status
+          FROM unnest(CAST(:task_ids AS uuid[]), CAST(:slots AS timestamptz[])) AS u(task_id, slot)
+    )
     INSERT INTO task_runs (task_id, user_id, trigger, scheduled_for, status, priority, attempts,
                            max_attempts, timeout_ms, queued_at, finished_at, error)
-    SELECT t.id, t.user_id, 'schedule', s.slot, s.status, t.priority, 0,
+    SELECT t.id, t.user_id, 'schedule', d.slot, d.status, t.priority, 0,
            1 + COALESCE((t.agent_config ->> 'maxRetries')::int, :default_retries),
            COALESCE((t.agent_config ->> 'timeout')::int, :default_timeout_ms),
            :now,
-           CASE WHEN s.status = 'skipped' THEN CAST(:now AS timestamptz) END,
-           CASE WHEN s.status = 'skipped' THEN CAST(:overlap AS jsonb) END
-      FROM (SELECT u.task_id, u.slot,
-                   CASE WHEN EXISTS (SELECT 1 FROM task_runs AS r
-                                      WHERE r.task_id = u.task_id
-                                        AND r.status IN ('queued', 'running'))
-                        THEN 'skipped' ELSE 'queued' END AS status
-              FROM unnest(CAST(:task_ids AS uuid[]), CAST(:slots AS timestamptz[]))
-                   AS u(task_id, slot)) AS s
-      JOIN tasks AS t ON t.id = s.task_id
+           CASE WHEN d.status = 'skipped' THEN CAST(:now AS timestamptz) END,
+           CASE WHEN d.status = 'skipped' THEN CAST(:overlap AS jsonb) END
+      FROM due AS d
+      JOIN tasks AS t ON t.id = d.task_id
         ON CONFLICT (task_id, scheduled_for) DO NOTHING
     RETURNING id, priority, status
     """
@@ -185,6 +194,8 @@ def run_scheduling_pass(
 ) -> PassResult:
     """Turn every task due at `now` into its run, batch by batch; send each batch after commit.
 
+    A committed batch is sent on a helper thread while the next one is claimed, so Postgres and
+    Redis work at once in a burst; `send` must therefore be thread-safe (`send_dispatches` is).
     `redis_client`, when given, receives the day's missed-slot count (see `app.services.stats`).
     """
     if now.tzinfo is None:
@@ -192,16 +203,15 @@ def run_scheduling_pass(
     now = now.astimezone(UTC)
     fire_times = _FireTimes(now)
     total = PassResult()
-    while True:
-        with session_factory.begin() as session:
-            result, dispatches = _process_batch(session, fire_times, batch_size)
-        if result.tasks_claimed == 0:
-            break
-        total += result
-        if dispatches:
-            send(dispatches)
-        if result.tasks_claimed < batch_size:
-            break
+    with _Sender(send) as sender:
+        while True:
+            with session_factory.begin() as session:
+                result, dispatches = _process_batch(session, fire_times, batch_size)
+            total += result
+            last = result.tasks_claimed < batch_size
+            sender.send(dispatches, inline=last)
+            if last:
+                break
     if total.tasks_claimed:
         logger.info(
             "scheduling pass at %s: %d task(s) due, %d run(s) queued, %d skipped (overlap), "
@@ -215,6 +225,47 @@ def run_scheduling_pass(
     if redis_client is not None and total.missed_slots:
         record_missed_slots(redis_client, total.missed_slots, now)
     return total
+
+
+class _Sender:
+    """Sends committed batches in order on one helper thread, at most MAX_BATCHES_IN_FLIGHT ahead.
+
+    The thread is started only when a pass has more than one batch. Leaving the block waits for
+    every send and re-raises the first error (the runs are committed either way; what was not
+    sent, the reconciler sends).
+    """
+
+    def __init__(self, send: Callable[[Sequence[Dispatch]], object]) -> None:
+        self._send = send
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[object]] = deque()
+
+    def send(self, dispatches: Sequence[Dispatch], *, inline: bool) -> None:
+        if not dispatches:
+            return
+        if inline and self._executor is None:
+            self._send(dispatches)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduling-send")
+        while len(self._pending) >= MAX_BATCHES_IN_FLIGHT:
+            self._pending.popleft().result()
+        self._pending.append(self._executor.submit(self._send, dispatches))
+
+    def __enter__(self) -> _Sender:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if self._executor is None:
+            return
+        try:
+            for future in self._pending:
+                if exc_type is None:
+                    future.result()
+                elif future.exception() is not None:  # the pass's own error is the one raised
+                    logger.error("sending a batch failed too", exc_info=future.exception())
+        finally:
+            self._executor.shutdown(wait=True)
 
 
 def _process_batch(

@@ -107,9 +107,7 @@ def cancel_task(
         task.credits_used += charge
         notify_finished(session, run.id)
     session.execute(
-        text(
-            "UPDATE task_runs SET cancel_requested = true WHERE task_id = :task_id AND status = 'running'"
-        ),
+        text("UPDATE task_runs SET cancel_requested = true WHERE task_id = :task_id AND status = 'running'"),
         {"task_id": task.id},
     )
     task.status = TaskStatus.CANCELLED.value

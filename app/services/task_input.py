@@ -18,9 +18,7 @@ MAX_RETRIES_RANGE = (0, 10)
 DEFAULT_MAX_RETRIES = 3
 MODEL_MAX_CHARS = 200
 
-EXECUTE_FIELDS = frozenset(
-    {"goal", "agentType", "title", "priority", "async", "schedule", "agentConfig"}
-)
+EXECUTE_FIELDS = frozenset({"goal", "agentType", "title", "priority", "async", "schedule", "agentConfig"})
 SCHEDULE_FIELDS = frozenset({"enabled", "cron", "timezone"})
 AGENT_CONFIG_FIELDS = frozenset({"timeout", "maxRetries", "model"})
 
@@ -50,9 +48,7 @@ class _Errors:
     def add(self, field: str, problem: str) -> None:
         self.fields.setdefault(field, problem)
 
-    def unknown(
-        self, payload: Mapping[str, Any], allowed: frozenset[str], prefix: str = ""
-    ) -> None:
+    def unknown(self, payload: Mapping[str, Any], allowed: frozenset[str], prefix: str = "") -> None:
         for name in payload:
             if name not in allowed:
                 self.add(prefix + name, "unknown field")
@@ -62,9 +58,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _optional_text(
-    errors: _Errors, payload: Mapping[str, Any], field: str, max_chars: int
-) -> str | None:
+def _optional_text(errors: _Errors, payload: Mapping[str, Any], field: str, max_chars: int) -> str | None:
     value = payload.get(field)
     if value is None:
         return None
@@ -142,9 +136,7 @@ def _agent_config(errors: _Errors, payload: Mapping[str, Any]) -> dict[str, Any]
     errors.unknown(config, AGENT_CONFIG_FIELDS, "agentConfig.")
     result: dict[str, Any] = {
         "timeout": _int_in_range(errors, config, "timeout", TIMEOUT_MS_RANGE, DEFAULT_TIMEOUT_MS),
-        "maxRetries": _int_in_range(
-            errors, config, "maxRetries", MAX_RETRIES_RANGE, DEFAULT_MAX_RETRIES
-        ),
+        "maxRetries": _int_in_range(errors, config, "maxRetries", MAX_RETRIES_RANGE, DEFAULT_MAX_RETRIES),
     }
     model = config.get("model")
     if model is not None:
@@ -233,16 +225,12 @@ def _validated_schedule(errors: _Errors, schedule: dict[str, Any]) -> ScheduleIn
         for field, problem in exc.fields.items():
             errors.add(field, problem)
         return None
-    return ScheduleInput(
-        enabled=bool(schedule["enabled"]), cron=parsed.expr, timezone=parsed.timezone
-    )
+    return ScheduleInput(enabled=bool(schedule["enabled"]), cron=parsed.expr, timezone=parsed.timezone)
 
 
 def default_title(goal: str, max_chars: int = 80) -> str:
     first_line = goal.strip().splitlines()[0] if goal.strip() else "Task"
-    return (
-        first_line if len(first_line) <= max_chars else first_line[: max_chars - 1].rstrip() + "…"
-    )
+    return first_line if len(first_line) <= max_chars else first_line[: max_chars - 1].rstrip() + "…"
 
 
 UPDATE_FIELDS = frozenset({"title", "priority", "schedule"})
@@ -263,12 +251,7 @@ def parse_task_update(payload: Any) -> TaskUpdate:
     errors = _Errors()
     errors.unknown(payload, UPDATE_FIELDS)
     title = _optional_text(errors, payload, "title", TITLE_MAX_CHARS)
-    if (
-        "title" in payload
-        and payload["title"] is not None
-        and title is None
-        and "title" not in errors.fields
-    ):
+    if "title" in payload and payload["title"] is not None and title is None and "title" not in errors.fields:
         errors.add("title", "must not be empty")
     priority = parse_priority(errors, payload["priority"]) if "priority" in payload else None
     schedule = parse_schedule_input(errors, payload.get("schedule"), "", partial=True)

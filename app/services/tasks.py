@@ -34,9 +34,7 @@ class CreatedTask:
     dispatches: list[Dispatch] = field(default_factory=list)
 
 
-def create_task(
-    session: Session, user_id: uuid.UUID, request: ExecuteRequest, now: datetime
-) -> CreatedTask:
+def create_task(session: Session, user_id: uuid.UUID, request: ExecuteRequest, now: datetime) -> CreatedTask:
     """Store the task; queue its run now unless it is scheduled. The caller commits, then sends."""
     schedule = request.schedule
     task = Task(
@@ -73,9 +71,7 @@ def create_task(
     return CreatedTask(task, run, [Dispatch(run.id, run.priority)])
 
 
-def get_task(
-    session: Session, user_id: uuid.UUID, task_id: uuid.UUID, *, for_update: bool = False
-) -> Task:
+def get_task(session: Session, user_id: uuid.UUID, task_id: uuid.UUID, *, for_update: bool = False) -> Task:
     query = select(Task).where(Task.id == task_id, Task.user_id == user_id)
     if for_update:
         query = query.with_for_update()
@@ -99,9 +95,7 @@ def get_user(session: Session, user_id: uuid.UUID) -> User:
     return user
 
 
-def recent_runs(
-    session: Session, task_id: uuid.UUID, limit: int = RECENT_RUNS
-) -> Sequence[TaskRun]:
+def recent_runs(session: Session, task_id: uuid.UUID, limit: int = RECENT_RUNS) -> Sequence[TaskRun]:
     return session.scalars(
         select(TaskRun)
         .where(TaskRun.task_id == task_id)
@@ -168,9 +162,7 @@ def list_tasks(
     after = _after(Task.created_at, Task.id, cursor)
     if after is not None:
         query = query.where(after)
-    rows = list(
-        session.scalars(query.order_by(Task.created_at.desc(), Task.id.desc()).limit(size + 1))
-    )
+    rows = list(session.scalars(query.order_by(Task.created_at.desc(), Task.id.desc()).limit(size + 1)))
     more = len(rows) > size
     rows = rows[:size]
     return Page(rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more else None)
@@ -190,9 +182,7 @@ def list_runs(
     after = _after(TaskRun.queued_at, TaskRun.id, cursor)
     if after is not None:
         query = query.where(after)
-    rows = list(
-        session.scalars(query.order_by(TaskRun.queued_at.desc(), TaskRun.id.desc()).limit(size + 1))
-    )
+    rows = list(session.scalars(query.order_by(TaskRun.queued_at.desc(), TaskRun.id.desc()).limit(size + 1)))
     more = len(rows) > size
     rows = rows[:size]
     return Page(rows, encode_cursor(rows[-1].queued_at, rows[-1].id) if more else None)

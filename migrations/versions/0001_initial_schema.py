@@ -78,9 +78,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=20), server_default="pending", nullable=False),
         sa.Column("priority", sa.String(length=10), server_default="medium", nullable=False),
         sa.Column("schedule", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-        sa.Column(
-            "schedule_enabled", sa.Boolean(), server_default=sa.text("false"), nullable=False
-        ),
+        sa.Column("schedule_enabled", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.Column("cron", sa.String(length=200), nullable=True),
         sa.Column("timezone", sa.String(length=64), nullable=True),
         sa.Column("next_run_at", sa.DateTime(timezone=True), nullable=True),
@@ -107,9 +105,7 @@ def upgrade() -> None:
             server_default=sa.text("now()"),
             nullable=False,
         ),
-        sa.CheckConstraint(
-            "priority IN ('urgent', 'high', 'medium', 'low')", name=op.f("ck_tasks_priority")
-        ),
+        sa.CheckConstraint("priority IN ('urgent', 'high', 'medium', 'low')", name=op.f("ck_tasks_priority")),
         sa.CheckConstraint(
             "status IN ('pending', 'queued', 'running', 'completed', 'failed', 'cancelled')",
             name=op.f("ck_tasks_status"),
@@ -126,9 +122,7 @@ def upgrade() -> None:
         unique=False,
     )
     op.create_index("ix_tasks_status_priority", "tasks", ["status", "priority"], unique=False)
-    op.create_index(
-        "ix_tasks_user_id_created_at", "tasks", ["user_id", "created_at", "id"], unique=False
-    )
+    op.create_index("ix_tasks_user_id_created_at", "tasks", ["user_id", "created_at", "id"], unique=False)
     op.create_table(
         "task_runs",
         sa.Column("id", sa.Uuid(), server_default=sa.text("gen_random_uuid()"), nullable=False),
@@ -141,18 +135,14 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("max_attempts", sa.Integer(), nullable=False),
         sa.Column("timeout_ms", sa.Integer(), nullable=False),
-        sa.Column(
-            "queued_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
-        ),
+        sa.Column("queued_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("not_before", sa.DateTime(timezone=True), nullable=True),
         sa.Column("message_sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("message_id", sa.String(length=64), nullable=True),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column(
-            "cancel_requested", sa.Boolean(), server_default=sa.text("false"), nullable=False
-        ),
+        sa.Column("cancel_requested", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.Column("tokens_used", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
         sa.Column("credits_used", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("credits_reserved", sa.Integer(), server_default=sa.text("0"), nullable=False),
@@ -165,9 +155,7 @@ def upgrade() -> None:
             "status IN ('queued', 'running', 'completed', 'failed', 'cancelled', 'skipped')",
             name=op.f("ck_task_runs_status"),
         ),
-        sa.CheckConstraint(
-            "trigger IN ('api', 'schedule', 'manual')", name=op.f("ck_task_runs_trigger")
-        ),
+        sa.CheckConstraint("trigger IN ('api', 'schedule', 'manual')", name=op.f("ck_task_runs_trigger")),
         sa.ForeignKeyConstraint(
             ["task_id"], ["tasks.id"], name=op.f("fk_task_runs_task_id_tasks"), ondelete="CASCADE"
         ),
@@ -175,9 +163,7 @@ def upgrade() -> None:
             ["user_id"], ["users.id"], name=op.f("fk_task_runs_user_id_users"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_task_runs")),
-        sa.UniqueConstraint(
-            "task_id", "scheduled_for", name=op.f("uq_task_runs_task_id_scheduled_for")
-        ),
+        sa.UniqueConstraint("task_id", "scheduled_for", name=op.f("uq_task_runs_task_id_scheduled_for")),
     )
     op.create_index("ix_task_runs_finished_at", "task_runs", ["finished_at"], unique=False)
     op.create_index(
@@ -190,9 +176,7 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("status IN ('queued', 'running')"),
     )
-    op.create_index(
-        "ix_task_runs_user_id_queued_at", "task_runs", ["user_id", "queued_at"], unique=False
-    )
+    op.create_index("ix_task_runs_user_id_queued_at", "task_runs", ["user_id", "queued_at"], unique=False)
     op.create_table(
         "credit_ledger",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
@@ -222,9 +206,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_credit_ledger")),
     )
-    op.create_index(
-        "ix_credit_ledger_user_id_period", "credit_ledger", ["user_id", "period"], unique=False
-    )
+    op.create_index("ix_credit_ledger_user_id_period", "credit_ledger", ["user_id", "period"], unique=False)
     op.create_index(
         "uq_credit_ledger_run_charge",
         "credit_ledger",

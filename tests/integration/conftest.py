@@ -34,9 +34,7 @@ StartWorker = Callable[..., dramatiq.Worker]
 
 
 @pytest.fixture
-def start_worker(
-    session_factory: sessionmaker[Session], settings: Settings
-) -> Iterator[StartWorker]:
+def start_worker(session_factory: sessionmaker[Session], settings: Settings) -> Iterator[StartWorker]:
     """Start a real Dramatiq worker on the real Redis broker, with a chosen provider."""
     from actors import broker
     from actors import worker as worker_module

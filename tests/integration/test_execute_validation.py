@@ -99,9 +99,7 @@ def test_unknown_agent_type_message_lists_the_valid_ones(client, make_account):
         b"",
     ],
 )
-def test_malformed_or_non_object_json_is_a_400_naming_the_body(
-    client, make_account, session_factory, raw
-):
+def test_malformed_or_non_object_json_is_a_400_naming_the_body(client, make_account, session_factory, raw):
     response = client.post(
         "/api/agent/execute",
         content=raw,
@@ -115,8 +113,6 @@ def test_malformed_or_non_object_json_is_a_400_naming_the_body(
 def test_no_or_wrong_api_key_is_401_and_writes_nothing(client, make_account, session_factory):
     make_account()
     assert client.post("/api/agent/execute", json=VALID).status_code == 401
-    wrong = client.post(
-        "/api/agent/execute", json=VALID, headers={"Authorization": "Bearer ask_wrong"}
-    )
+    wrong = client.post("/api/agent/execute", json=VALID, headers={"Authorization": "Bearer ask_wrong"})
     assert wrong.status_code == 401
     assert _counts(session_factory) == (0, 0)

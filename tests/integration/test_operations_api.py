@@ -23,7 +23,9 @@ def cron_headers(settings):
     return {"Authorization": f"Bearer {settings.cron_secret.get_secret_value()}"}
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", CRON_PATH), ("POST", CRON_PATH), ("GET", "/api/queue/stats")])
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", CRON_PATH), ("POST", CRON_PATH), ("GET", "/api/queue/stats")]
+)
 def test_cron_and_queue_endpoints_refuse_a_missing_or_wrong_secret(client, path, method):
     assert client.request(method, path).status_code == 401
     assert client.request(method, path, headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -45,12 +47,16 @@ def test_get_reports_scheduling_health(client, make_account, cron_headers, sessi
     for _ in range(3):
         client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers)
     with session_factory.begin() as session:
-        session.execute(text("UPDATE tasks SET next_run_at = now() - interval '1 minute' WHERE title = title"))
+        session.execute(
+            text("UPDATE tasks SET next_run_at = now() - interval '1 minute' WHERE title = title")
+        )
     body = client.get(CRON_PATH, headers=cron_headers).json()
     assert body["status"] == "healthy"
     assert body["scheduledTasks"] == 3
     assert body["tasksCurrentlyDue"] == 3
-    assert abs(datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00")) - datetime.now(UTC)) < timedelta(seconds=5)
+    assert abs(
+        datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00")) - datetime.now(UTC)
+    ) < timedelta(seconds=5)
 
 
 def test_post_runs_one_pass_and_the_seed_troubleshooting_update_makes_a_task_run(
@@ -92,7 +98,14 @@ def test_queue_stats_and_metrics_count_the_queued_runs(client, make_account, cro
     assert stats["queues"]["low"]["waiting"] == 2
     assert stats["totals"]["waiting"] == 3
     assert set(stats["totals"]) == {"waiting", "active", "completed", "failed", "delayed"}
-    assert set(stats["orchestrator"]) >= {"running", "activeAgents", "queuedTasks", "completedToday", "failedToday", "uptimeSeconds"}
+    assert set(stats["orchestrator"]) >= {
+        "running",
+        "activeAgents",
+        "queuedTasks",
+        "completedToday",
+        "failedToday",
+        "uptimeSeconds",
+    }
     assert stats["orchestrator"]["queuedTasks"] == 3
     metrics = client.get("/metrics")
     assert metrics.status_code == 200

@@ -36,9 +36,7 @@ class GatedProvider(OfflineProvider):
         return super().complete(messages, **kwargs)  # type: ignore[arg-type]
 
 
-def test_a_busy_worker_starts_runs_in_priority_order(
-    client, make_account, start_worker, session_factory
-):
+def test_a_busy_worker_starts_runs_in_priority_order(client, make_account, start_worker, session_factory):
     account = make_account(plan="enterprise")
     provider = GatedProvider()
     start_worker(threads=1, provider=provider)
@@ -53,8 +51,7 @@ def test_a_busy_worker_starts_runs_in_priority_order(
         assert time.monotonic() < deadline
     # The worst order for a FIFO queue: lowest priority first.
     submitted = {
-        level: [submit(f"{level} job {i}", level) for i in range(PER_LEVEL)]
-        for level in reversed(LEVELS)
+        level: [submit(f"{level} job {i}", level) for i in range(PER_LEVEL)] for level in reversed(LEVELS)
     }
     time.sleep(0.5)  # let the worker prefetch while its thread is busy
     provider.release.set()

@@ -26,9 +26,7 @@ def stub() -> Iterator[OpenAIStub]:
 
 @pytest.fixture
 def provider(stub: OpenAIStub) -> Iterator[OpenAIProvider]:
-    provider = OpenAIProvider(
-        base_url=stub.base_url, api_key="test-key", default_model="stub-model"
-    )
+    provider = OpenAIProvider(base_url=stub.base_url, api_key="test-key", default_model="stub-model")
     yield provider
     provider.close()
 
@@ -36,9 +34,7 @@ def provider(stub: OpenAIStub) -> Iterator[OpenAIProvider]:
 def test_a_run_that_fails_twice_then_succeeds_is_retried_with_growing_delays(
     client, make_account, start_worker, session_factory, settings, stub, provider
 ):
-    run_settings = settings.model_copy(
-        update={"retry_min_backoff_ms": 400, "retry_max_backoff_ms": 10_000}
-    )
+    run_settings = settings.model_copy(update={"retry_min_backoff_ms": 400, "retry_max_backoff_ms": 10_000})
     start_worker(provider=provider, run_settings=run_settings)
     stub.fail_times(3, status=503)
     account = make_account()

@@ -16,15 +16,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.models import Task, TaskRun
 from app.services import scheduling
 from app.services.dispatch import Dispatch
-from app.services.scheduling import run_scheduling_pass, scheduling_health
 from app.services.schedules import apply_schedule
+from app.services.scheduling import run_scheduling_pass, scheduling_health
 
 _INSERT_TASKS = text(
     """
     INSERT INTO tasks (user_id, title, description, agent_type, status, priority, schedule,
                        schedule_enabled, cron, timezone, next_run_at, agent_config)
     SELECT :user_id, 'task ' || g, 'Check competitor pricing', 'research_agent', 'pending',
-           :priority, jsonb_build_object('enabled', true, 'cron', CAST(:cron AS text), 'timezone', CAST(:tz AS text)),
+           :priority,
+           jsonb_build_object('enabled', true, 'cron', CAST(:cron AS text), 'timezone', CAST(:tz AS text)),
            true, :cron, :tz, :next_run_at, '{"timeout": 300000, "maxRetries": 3}'
       FROM generate_series(1, :count) AS g
     RETURNING id
@@ -88,9 +89,7 @@ SLOT = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("passes", [2, 5])
-def test_concurrent_passes_over_500_due_tasks_create_exactly_500_runs(
-    session_factory, make_account, passes
-):
+def test_concurrent_passes_over_500_due_tasks_create_exactly_500_runs(session_factory, make_account, passes):
     account = make_account()
     insert_tasks(session_factory, account.user_id, 500, next_run_at=SLOT)
     now = SLOT + timedelta(seconds=1)
@@ -146,6 +145,44 @@ def test_a_pass_racing_a_cron_endpoint_pass_at_another_instant_creates_each_run_
         assert set(session.scalars(select(TaskRun.scheduled_for).distinct())) == {SLOT}
 
 
+def test_a_pass_racing_the_cron_endpoint_creates_each_run_once(
+    client, session_factory, make_account, settings
+):
+    account = make_account()
+    due = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+    insert_tasks(session_factory, account.user_id, 500, next_run_at=due)
+    barrier = threading.Barrier(2)
+    queued: list[int] = []
+
+    def scheduler_pass() -> None:
+        barrier.wait()
+        queued.append(
+            run_scheduling_pass(
+                session_factory, now=datetime.now(UTC), send=Collector(), batch_size=50
+            ).runs_queued
+        )
+
+    def endpoint_pass() -> None:
+        barrier.wait()
+        secret = settings.cron_secret.get_secret_value()
+        response = client.post(
+            "/api/cron/check-scheduled-tasks", headers={"Authorization": f"Bearer {secret}"}
+        )
+        assert response.status_code == 200, response.text
+        queued.append(response.json()["runsQueued"])
+
+    threads = [threading.Thread(target=scheduler_pass), threading.Thread(target=endpoint_pass)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(queued) == 2
+    assert sum(queued) == 500
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(TaskRun)) == 500
+        assert session.scalar(select(func.count(func.distinct(TaskRun.task_id)))) == 500
+
+
 def test_a_repeated_pass_at_the_same_instant_adds_nothing(session_factory, make_account):
     account = make_account()
     [task_id] = insert_tasks(session_factory, account.user_id, 1, next_run_at=SLOT)
@@ -155,7 +192,9 @@ def test_a_repeated_pass_at_the_same_instant_adds_nothing(session_factory, make_
     # Even a task pushed back to an already-run slot gets no second run for it.
     with session_factory.begin() as session:
         session.execute(text("UPDATE tasks SET next_run_at = :slot"), {"slot": SLOT})
-        session.execute(text("UPDATE task_runs SET status = 'completed', finished_at = :slot"), {"slot": SLOT})
+        session.execute(
+            text("UPDATE task_runs SET status = 'completed', finished_at = :slot"), {"slot": SLOT}
+        )
     third = run_scheduling_pass(session_factory, now=SLOT, send=Collector())
     assert (third.tasks_claimed, third.runs_queued) == (1, 0)
     assert len(runs_of(session_factory, task_id)) == 1
@@ -199,11 +238,22 @@ def test_a_slot_that_comes_while_the_previous_run_is_queued_or_running_is_skippe
     # Still running at 9:02: skipped again; once it has finished, 9:03 runs.
     with session_factory.begin() as session:
         session.execute(text("UPDATE task_runs SET status = 'running' WHERE id = :id"), {"id": first.id})
-    assert run_scheduling_pass(session_factory, now=SLOT + timedelta(minutes=2), send=Collector()).runs_skipped == 1
+    assert (
+        run_scheduling_pass(session_factory, now=SLOT + timedelta(minutes=2), send=Collector()).runs_skipped
+        == 1
+    )
     with session_factory.begin() as session:
         session.execute(text("UPDATE task_runs SET status = 'completed' WHERE id = :id"), {"id": first.id})
-    assert run_scheduling_pass(session_factory, now=SLOT + timedelta(minutes=3), send=Collector()).runs_queued == 1
-    assert [r.status for r in runs_of(session_factory, task_id)] == ["completed", "skipped", "skipped", "queued"]
+    assert (
+        run_scheduling_pass(session_factory, now=SLOT + timedelta(minutes=3), send=Collector()).runs_queued
+        == 1
+    )
+    assert [r.status for r in runs_of(session_factory, task_id)] == [
+        "completed",
+        "skipped",
+        "skipped",
+        "queued",
+    ]
 
 
 def _scheduled_task(
@@ -239,11 +289,20 @@ def _passes(
 def test_a_spring_forward_slot_in_the_gap_runs_at_three_local(session_factory, make_account):
     account = make_account()
     task_id = _scheduled_task(
-        session_factory, account.user_id, "30 2 * * *", "America/New_York", datetime(2026, 3, 7, 12, tzinfo=UTC)
+        session_factory,
+        account.user_id,
+        "30 2 * * *",
+        "America/New_York",
+        datetime(2026, 3, 7, 12, tzinfo=UTC),
     )
     three_edt = datetime(2026, 3, 8, 7, 0, tzinfo=UTC)  # 02:30 does not exist; 03:00 EDT
     assert task(session_factory, task_id).next_run_at == three_edt
-    _passes(session_factory, three_edt - timedelta(minutes=3), three_edt + timedelta(minutes=3), timedelta(minutes=1))
+    _passes(
+        session_factory,
+        three_edt - timedelta(minutes=3),
+        three_edt + timedelta(minutes=3),
+        timedelta(minutes=1),
+    )
     [run] = runs_of(session_factory, task_id)
     assert run.scheduled_for == three_edt
     assert task(session_factory, task_id).next_run_at == datetime(2026, 3, 9, 6, 30, tzinfo=UTC)  # 02:30 EDT
@@ -255,7 +314,9 @@ def test_an_autumn_repeated_time_fires_once_at_its_first_occurrence(session_fact
     daily = _scheduled_task(session_factory, account.user_id, "30 1 * * *", "America/New_York", start)
     hourly = _scheduled_task(session_factory, account.user_id, "30 * * * *", "America/New_York", start)
     with session_factory.begin() as session:  # the hourly one's runs finish at once
-        session.execute(text("UPDATE tasks SET next_run_at = '2026-11-01T04:30:00Z' WHERE id = :id"), {"id": hourly})
+        session.execute(
+            text("UPDATE tasks SET next_run_at = '2026-11-01T04:30:00Z' WHERE id = :id"), {"id": hourly}
+        )
     # 00:00 EDT .. 03:00 EST, a pass every 5 minutes; runs complete between passes.
     now = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)
     while now <= datetime(2026, 11, 1, 8, 0, tzinfo=UTC):
@@ -279,12 +340,18 @@ def test_a_service_starting_inside_the_repeated_hour_runs_the_first_occurrence_o
 ):
     account = make_account()
     task_id = _scheduled_task(
-        session_factory, account.user_id, "30 1 * * *", "America/New_York", datetime(2026, 10, 31, 12, tzinfo=UTC)
+        session_factory,
+        account.user_id,
+        "30 1 * * *",
+        "America/New_York",
+        datetime(2026, 10, 31, 12, tzinfo=UTC),
     )
     inside_second_pass = datetime(2026, 11, 1, 6, 40, tzinfo=UTC)  # 01:40 EST, down since before 01:30 EDT
     result = run_scheduling_pass(session_factory, now=inside_second_pass, send=Collector())
     assert (result.runs_queued, result.missed_slots) == (1, 0)
-    assert [r.scheduled_for for r in runs_of(session_factory, task_id)] == [datetime(2026, 11, 1, 5, 30, tzinfo=UTC)]
+    assert [r.scheduled_for for r in runs_of(session_factory, task_id)] == [
+        datetime(2026, 11, 1, 5, 30, tzinfo=UTC)
+    ]
     assert task(session_factory, task_id).next_run_at == datetime(2026, 11, 2, 6, 30, tzinfo=UTC)
 
 
@@ -319,12 +386,18 @@ def test_the_troubleshooting_update_makes_a_task_run_at_the_next_pass(client, se
 def test_a_burst_computes_each_expression_once_not_once_per_task(session_factory, make_account):
     account = make_account()
     insert_tasks(session_factory, account.user_id, 300, cron="*/15 * * * *", next_run_at=SLOT)
-    insert_tasks(session_factory, account.user_id, 200, cron="0 11 * * *", tz="Europe/Paris", next_run_at=SLOT)
+    insert_tasks(
+        session_factory, account.user_id, 200, cron="0 11 * * *", tz="Europe/Paris", next_run_at=SLOT
+    )
     with (
-        mock.patch.object(scheduling, "latest_fire_at_or_before", wraps=scheduling.latest_fire_at_or_before) as latest,
+        mock.patch.object(
+            scheduling, "latest_fire_at_or_before", wraps=scheduling.latest_fire_at_or_before
+        ) as latest,
         mock.patch.object(scheduling, "next_fire", wraps=scheduling.next_fire) as following,
     ):
-        result = run_scheduling_pass(session_factory, now=SLOT + timedelta(seconds=5), send=Collector(), batch_size=100)
+        result = run_scheduling_pass(
+            session_factory, now=SLOT + timedelta(seconds=5), send=Collector(), batch_size=100
+        )
     assert result.runs_queued == 500
     assert latest.call_count == 2
     # One next fire per expression, plus one per group to count missed slots (none here).
@@ -339,9 +412,7 @@ def test_messages_are_sent_after_the_runs_are_committed(session_factory, make_ac
     def send(dispatches: Sequence[Dispatch]) -> None:
         with session_factory() as session:  # another connection sees only committed rows
             seen.append(
-                session.scalar(
-                    select(func.count()).where(TaskRun.id.in_([d.run_id for d in dispatches]))
-                )
+                session.scalar(select(func.count()).where(TaskRun.id.in_([d.run_id for d in dispatches])))
                 or 0
             )
 
@@ -383,7 +454,11 @@ def test_the_claim_query_uses_the_schedule_index(session_factory, make_account):
     insert_tasks(session_factory, account.user_id, 20_000, next_run_at=far)
     insert_tasks(session_factory, account.user_id, 5, next_run_at=SLOT)
     with session_factory.begin() as session:
-        session.execute(text("UPDATE tasks SET schedule_enabled = false WHERE ctid IN (SELECT ctid FROM tasks LIMIT 5000)"))
+        session.execute(
+            text(
+                "UPDATE tasks SET schedule_enabled = false WHERE ctid IN (SELECT ctid FROM tasks LIMIT 5000)"
+            )
+        )
         session.execute(text("ANALYZE tasks"))
     with session_factory() as session:
         plan = "\n".join(
@@ -416,7 +491,11 @@ def test_pipelined_messages_are_the_ones_broker_enqueue_builds(session_factory, 
     broker = dramatiq.get_broker()
     run_id = uuid.uuid4()
     plain = dramatiq.Message(
-        queue_name=queue_name("high"), actor_name=actor_name("high"), args=(str(run_id),), kwargs={}, options={}
+        queue_name=queue_name("high"),
+        actor_name=actor_name("high"),
+        args=(str(run_id),),
+        kwargs={},
+        options={},
     )
     broker.enqueue(plain)
     broker.enqueue(plain, delay=60_000)
@@ -467,3 +546,28 @@ def test_scheduled_runs_record_their_messages_and_a_worker_completes_them(
     done = wait_for_runs(session_factory, [run.id for run in runs])
     assert {run.status for run in done} == {"completed"}
     assert all(run.attempts == 1 for run in done)
+
+
+@pytest.mark.parametrize(
+    ("poll_interval", "trigger_text"), [(60, "cron[second='0']"), (5, "interval[0:00:05]")]
+)
+def test_the_scheduler_jobs_fire_on_the_minute_or_every_poll_interval(settings, poll_interval, trigger_text):
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from scheduler.jobs import SchedulerContext, add_jobs
+
+    scheduler = BackgroundScheduler(timezone="UTC")
+    context = SchedulerContext(
+        settings=settings.model_copy(update={"scheduler_poll_interval": poll_interval}),
+        session_factory=None,  # type: ignore[arg-type]
+        redis_client=None,  # type: ignore[arg-type]
+        send=lambda dispatches: [],
+    )
+    add_jobs(scheduler, context)
+    jobs = {job.id: job for job in scheduler.get_jobs()}
+    assert set(jobs) == {"scheduling_pass", "reconcile", "status", "heartbeat"}
+    the_pass = jobs["scheduling_pass"]
+    assert str(the_pass.trigger).startswith(trigger_text)
+    assert (the_pass.coalesce, the_pass.max_instances, the_pass.misfire_grace_time) == (True, 1, None)
+    assert str(jobs["reconcile"].trigger) == f"interval[0:00:{settings.reconcile_interval_s:02d}]"
+    assert str(jobs["status"].trigger) == "interval[0:00:30]"

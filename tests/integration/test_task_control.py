@@ -24,9 +24,7 @@ SCHEDULED = {
     "agentType": "research_agent",
     "schedule": {"enabled": True, "cron": "0 9 * * *", "timezone": "America/New_York"},
 }
-VECTORS = json.loads(
-    (Path(__file__).parents[2].parent / "shared" / "data" / "cron-vectors.json").read_text()
-)
+VECTORS = json.loads((Path(__file__).parents[2].parent / "shared" / "data" / "cron-vectors.json").read_text())
 
 
 def _parse(value: str) -> datetime:
@@ -83,9 +81,7 @@ def test_preview_names_each_bad_parameter(client, make_account):
 
 def test_pause_resume_and_edit_recompute_next_run_at(client, make_account):
     account = make_account()
-    task_id = client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers).json()[
-        "taskId"
-    ]
+    task_id = client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers).json()["taskId"]
     paused = client.patch(
         f"/api/tasks/{task_id}", json={"schedule": {"enabled": False}}, headers=account.headers
     )
@@ -97,9 +93,7 @@ def test_pause_resume_and_edit_recompute_next_run_at(client, make_account):
     resumed = client.patch(
         f"/api/tasks/{task_id}", json={"schedule": {"enabled": True}}, headers=account.headers
     ).json()
-    assert _parse(resumed["nextRunAt"]) == next_fire(
-        parse_schedule("0 9 * * *", "America/New_York"), before
-    )
+    assert _parse(resumed["nextRunAt"]) == next_fire(parse_schedule("0 9 * * *", "America/New_York"), before)
 
     edited = client.patch(
         f"/api/tasks/{task_id}",
@@ -113,9 +107,7 @@ def test_pause_resume_and_edit_recompute_next_run_at(client, make_account):
     assert edited["title"] == "Hourly check"
     assert edited["priority"] == "high"
     assert edited["schedule"] == {"enabled": True, "cron": "15 * * * *", "timezone": "Asia/Kolkata"}
-    assert _parse(edited["nextRunAt"]) == next_fire(
-        parse_schedule("15 * * * *", "Asia/Kolkata"), before
-    )
+    assert _parse(edited["nextRunAt"]) == next_fire(parse_schedule("15 * * * *", "Asia/Kolkata"), before)
 
     bad = client.patch(
         f"/api/tasks/{task_id}",
@@ -126,14 +118,10 @@ def test_pause_resume_and_edit_recompute_next_run_at(client, make_account):
     assert set(bad.json()["fields"]) == {"schedule.cron", "colour"}
 
 
-def test_run_now_queues_a_manual_run_that_completes(
-    client, make_account, start_worker, session_factory
-):
+def test_run_now_queues_a_manual_run_that_completes(client, make_account, start_worker, session_factory):
     account = make_account()
     start_worker()
-    task_id = client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers).json()[
-        "taskId"
-    ]
+    task_id = client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers).json()["taskId"]
     response = client.post(f"/api/tasks/{task_id}/run", headers=account.headers)
     assert response.status_code == 202
     body = response.json()
@@ -146,16 +134,11 @@ def test_run_now_queues_a_manual_run_that_completes(
     assert task["result"] == run.result
 
 
-def test_cancel_cancels_queued_runs_and_disables_the_schedule(
-    client, make_account, session_factory
-):
+def test_cancel_cancels_queued_runs_and_disables_the_schedule(client, make_account, session_factory):
     account = make_account()
-    task_id = client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers).json()[
-        "taskId"
-    ]
+    task_id = client.post("/api/agent/execute", json=SCHEDULED, headers=account.headers).json()["taskId"]
     run_ids = [
-        client.post(f"/api/tasks/{task_id}/run", headers=account.headers).json()["runId"]
-        for _ in range(2)
+        client.post(f"/api/tasks/{task_id}/run", headers=account.headers).json()["runId"] for _ in range(2)
     ]
     response = client.post(f"/api/tasks/{task_id}/cancel", headers=account.headers)
     assert response.status_code == 200
@@ -164,9 +147,7 @@ def test_cancel_cancels_queued_runs_and_disables_the_schedule(
     assert task["schedule"]["enabled"] is False
     assert task["nextRunAt"] is None
     runs = wait_for_runs(session_factory, run_ids, statuses=("cancelled",), timeout_s=2)
-    assert all(
-        run.error == {"code": "cancelled", "message": "the task was cancelled"} for run in runs
-    )
+    assert all(run.error == {"code": "cancelled", "message": "the task was cancelled"} for run in runs)
     assert client.post(f"/api/tasks/{task_id}/run", headers=account.headers).status_code == 409
 
 
