@@ -21,21 +21,31 @@ logger = logging.getLogger(__name__)
 #: priority only among prefetched messages, so a consumer must refill its queue quickly once its
 #: prefetched runs finish, or lower-priority runs already in memory jump ahead (Dramatiq: 1 s).
 WORKER_POLL_TIMEOUT_MS = 100
+#: Database connections per worker process (twice this under a burst).
+WORKER_DB_POOL_MAX = 16
 
 _environment: RunEnvironment | None = None
 _lock = threading.Lock()
 _settings: Settings | None = None
 
 
-def run_environment() -> RunEnvironment:
+def run_environment(threads: int | None = None) -> RunEnvironment:
     """The process's run environment, built on first use (after the worker forked)."""
     global _environment
     if _environment is None:
         with _lock:
             if _environment is None:
                 assert _settings is not None, "WorkerSetup middleware not installed"
-                threads = _settings.agent_worker_concurrency
-                engine = make_engine(_settings, pool_size=threads + 2)
+                threads = threads or _settings.agent_worker_concurrency
+                # A run holds a connection only for its claim and its finish (one statement each),
+                # so many threads share a few connections; Postgres' max_connections stays safe.
+                engine = make_engine(
+                    _settings,
+                    pool_size=min(threads + 2, WORKER_DB_POOL_MAX),
+                    pre_ping=False,
+                    autocommit=True,
+                    pool_timeout=60,
+                )
                 _environment = RunEnvironment(
                     session_factory=make_session_factory(engine),
                     provider=make_provider(_settings),
@@ -75,4 +85,4 @@ class WorkerSetup(Middleware):
         if not any(arg.startswith("--worker-timeout") for arg in sys.argv):
             worker.worker_timeout = WORKER_POLL_TIMEOUT_MS
         logger.info("worker starting with %d threads", worker.worker_threads)
-        run_environment()
+        run_environment(worker.worker_threads)

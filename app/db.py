@@ -20,12 +20,28 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def make_engine(settings: Settings, *, pool_size: int = 10, **kwargs: object) -> Engine:
+def make_engine(
+    settings: Settings,
+    *,
+    pool_size: int = 10,
+    pre_ping: bool = True,
+    autocommit: bool = False,
+    **kwargs: object,
+) -> Engine:
+    """An engine on DATABASE_URL.
+
+    `autocommit` suits code whose every unit of work is a single statement (the worker's claim
+    and finish): no BEGIN/COMMIT round trips. Without `pre_ping`, a connection that died with a
+    Postgres restart fails its first statement instead of being tested at every checkout;
+    SQLAlchemy then discards the whole pool, and the caller's retry gets fresh connections.
+    """
+    if autocommit:
+        kwargs["isolation_level"] = "AUTOCOMMIT"
     return create_engine(
         settings.database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         **kwargs,
     )
 

@@ -34,39 +34,57 @@ def month_of(now: datetime) -> date:
     return date(now.year, now.month, 1)
 
 
-# credits_used as of :period (0 when the stored month is an older one).
-_USED_NOW = "(CASE WHEN credits_period < :period THEN 0 ELSE credits_used END)"
+# The credit rules as SQL fragments over `users`, used by the statements below and by the run
+# lifecycle's single-statement claim and finish (app/services/runs.py).
+
+#: credits_used as of :period (0 when the stored month is an older one).
+USED_NOW = "(CASE WHEN credits_period < :period THEN 0 ELSE credits_used END)"
+#: Hold :amount: the SET clause, and the condition that keeps a user within monthly_credits.
+RESERVE_SET = f"""credits_used = {USED_NOW},
+           credits_period = GREATEST(credits_period, :period),
+           credits_reserved = credits_reserved + :amount"""
+RESERVE_CONDITION = f"{USED_NOW} + credits_reserved + :amount <= monthly_credits"
+
+
+def settle_set(charge_sql: str) -> str:
+    """The SET clause that releases :reserved and charges `charge_sql` credits."""
+    return f"""credits_used = {USED_NOW} + {charge_sql},
+           credits_period = GREATEST(credits_period, :period),
+           credits_reserved = GREATEST(credits_reserved - :reserved, 0)"""
+
+
+#: The one charge of a run; the partial unique index makes a second one a no-op.
+CHARGE_CONFLICT = "ON CONFLICT (run_id) WHERE kind = 'charge' DO NOTHING"
 
 _RESERVE = text(
     f"""
-    UPDATE users
-       SET credits_used = {_USED_NOW},
-           credits_period = GREATEST(credits_period, :period),
-           credits_reserved = credits_reserved + :amount
-     WHERE id = :user_id
-       AND {_USED_NOW} + credits_reserved + :amount <= monthly_credits
+    UPDATE users SET {RESERVE_SET}
+     WHERE id = :user_id AND {RESERVE_CONDITION}
     RETURNING id
     """
 )
 
-_SETTLE = text(
-    f"""
-    UPDATE users
-       SET credits_used = {_USED_NOW} + :charge,
-           credits_period = GREATEST(credits_period, :period),
-           credits_reserved = GREATEST(credits_reserved - :reserved, 0)
-     WHERE id = :user_id
-    """
-)
+_SETTLE = text(f"UPDATE users SET {settle_set(':charge')} WHERE id = :user_id")
 
 _CHARGE = text(
-    """
+    f"""
     INSERT INTO credit_ledger (user_id, run_id, kind, amount, tokens, period)
     VALUES (:user_id, :run_id, 'charge', :charge, :tokens, :period)
-    ON CONFLICT (run_id) WHERE kind = 'charge' DO NOTHING
+    {CHARGE_CONFLICT}
     RETURNING id
     """
 )
+
+
+def charge_for(tokens: int, tokens_per_credit: int, reserved: int) -> int:
+    """What a run that used `tokens` pays: its cost, never more than it held (when it held any)."""
+    charge = cost_of(tokens, tokens_per_credit)
+    return min(charge, reserved) if reserved else charge
+
+
+def reservation(token_budget: int, tokens_per_credit: int) -> int:
+    """Credits a run holds while it runs: the cost of its whole token budget."""
+    return cost_of(token_budget, tokens_per_credit)
 
 
 def reserve(session: Session, user_id: uuid.UUID, amount: int, now: datetime) -> bool:
@@ -90,9 +108,7 @@ def settle(
     Returns the credits charged. The ledger's partial unique index on the run makes a second
     charge impossible; callers also fence on the run's attempt, so this runs once per run.
     """
-    charge = cost_of(tokens, tokens_per_credit)
-    if reserved:
-        charge = min(charge, reserved)
+    charge = charge_for(tokens, tokens_per_credit, reserved)
     period = month_of(now)
     if charge:
         inserted = session.execute(

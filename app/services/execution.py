@@ -10,16 +10,16 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.agents.registry import get_agent
+from app.agents.registry import AGENT_TYPES, get_agent
 from app.agents.runtime import AgentRun, Deadline
 from app.clock import SYSTEM_CLOCK, Clock
-from app.errors import RunFailure, UnknownAgent
+from app.errors import InsufficientCredits, RunFailure, UnknownAgent
 from app.models import TaskRun
 from app.providers.base import ModelProvider
 from app.services import credits
 from app.services.dispatch import Dispatch
 from app.services.retry import backoff_ms
-from app.services.runs import ClaimedRun, Outcome, claim_run, finish, hold_credits, retry_later
+from app.services.runs import ClaimedRun, Outcome, claim_run, finish, retry_later
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -91,8 +91,15 @@ def _fail_now(session: Session, env: RunEnvironment, claimed: ClaimedRun, code: 
 
 def _claim(env: RunEnvironment, run_id: uuid.UUID) -> ClaimedRun | None:
     now = env.clock.now()
+    reservation = credits.reservation(env.settings.run_token_budget, env.settings.tokens_per_credit)
     with env.session_factory.begin() as session:
-        claimed = claim_run(session, run_id, now=now, lease_grace_ms=env.settings.run_lease_grace_ms)
+        claimed = claim_run(
+            session,
+            run_id,
+            now=now,
+            lease_grace_ms=env.settings.run_lease_grace_ms,
+            reservation=reservation,
+        )
         if claimed is None:
             logger.debug("run %s: nothing to claim (duplicate or late delivery)", run_id)
             return None
@@ -102,24 +109,20 @@ def _claim(env: RunEnvironment, run_id: uuid.UUID) -> ClaimedRun | None:
         if claimed.attempt > claimed.max_attempts:
             _fail_now(session, env, claimed, "worker_lost", "its worker stopped and no attempts were left")
             return None
-        try:
-            get_agent(claimed.agent_type)
-        except UnknownAgent as exc:
-            _fail_now(session, env, claimed, exc.code, exc.message)
+        if claimed.agent_type not in AGENT_TYPES:
+            _fail_now(session, env, claimed, UnknownAgent.code, f"unknown agent type {claimed.agent_type!r}")
             return None
-        reservation = credits.cost_of(env.settings.run_token_budget, env.settings.tokens_per_credit)
-        held = hold_credits(session, claimed, reservation, now)
-        if held is None:
+        if not claimed.reserved:
             _fail_now(
                 session,
                 env,
                 claimed,
-                "insufficient_credits",
+                InsufficientCredits.code,
                 f"this run needs {reservation} credits held and the month's remaining credits "
                 "cannot cover it",
             )
             return None
-        return held
+        return claimed
 
 
 def _attempt(env: RunEnvironment, claimed: ClaimedRun) -> Outcome:

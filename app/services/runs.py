@@ -12,7 +12,6 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -85,93 +84,118 @@ def new_run(
     )
 
 
+# The claim, in one statement (one round trip): lock the run if it is ours to take, hold its
+# credits if this is its first attempt with any left, mark it running, and let a one-off task
+# follow. A concurrent claim of the same run waits on the row lock, then finds it taken.
 _CLAIM = text(
-    """
-    UPDATE task_runs AS r
-       SET status = 'running',
-           attempts = r.attempts + 1,
-           started_at = COALESCE(r.started_at, :now),
-           lease_expires_at = :now + (r.timeout_ms + :grace_ms) * interval '1 millisecond',
-           not_before = NULL
-      FROM tasks AS t
-     WHERE r.id = :run_id
-       AND t.id = r.task_id
-       AND ((r.status = 'queued' AND NOT r.cancel_requested
-             AND (r.not_before IS NULL OR r.not_before <= :now))
-            OR (r.status = 'running' AND r.lease_expires_at < :now))
-    RETURNING r.id, r.task_id, r.user_id, r.priority, r.attempts, r.max_attempts, r.timeout_ms,
-              r.credits_reserved, r.tokens_used, t.description, t.agent_type,
-              t.agent_config ->> 'model', t.cron IS NULL, r.cancel_requested
+    f"""
+    WITH target AS (
+        SELECT id, user_id, credits_reserved, attempts, max_attempts, cancel_requested
+          FROM task_runs
+         WHERE id = :run_id
+           AND ((status = 'queued' AND NOT cancel_requested
+                 AND (not_before IS NULL OR not_before <= :now))
+                OR (status = 'running' AND lease_expires_at < :now))
+           FOR UPDATE
+    ), held AS (
+        UPDATE users SET {credits.RESERVE_SET}
+         WHERE id = (SELECT user_id FROM target
+                      WHERE credits_reserved = 0 AND attempts < max_attempts
+                        AND NOT cancel_requested)
+           AND {credits.RESERVE_CONDITION}
+        RETURNING id
+    ), claimed AS (
+        UPDATE task_runs AS r
+           SET status = 'running',
+               attempts = r.attempts + 1,
+               started_at = COALESCE(r.started_at, :now),
+               lease_expires_at = :now + (r.timeout_ms + :grace_ms) * interval '1 millisecond',
+               not_before = NULL,
+               credits_reserved = CASE WHEN EXISTS (SELECT 1 FROM held) THEN :amount
+                                       ELSE r.credits_reserved END
+          FROM target, tasks AS t
+         WHERE r.id = target.id AND t.id = r.task_id
+        RETURNING r.id, r.task_id, r.user_id, r.priority, r.attempts, r.max_attempts, r.timeout_ms,
+                  r.credits_reserved, r.tokens_used, t.description, t.agent_type,
+                  t.agent_config ->> 'model' AS model, t.cron IS NULL AS one_off, r.cancel_requested
+    ), task_follows AS (
+        UPDATE tasks SET status = 'running', updated_at = :now
+         WHERE id = (SELECT task_id FROM claimed WHERE one_off) AND status <> 'cancelled'
+    )
+    SELECT * FROM claimed
     """
 )
-
-_TASK_FOLLOWS_RUN = text(
-    """
-    UPDATE tasks SET status = :status, updated_at = :now
-     WHERE id = :task_id AND cron IS NULL AND status <> 'cancelled'
-    """
-)
-
-_HOLD_CREDITS = text("UPDATE task_runs SET credits_reserved = :amount WHERE id = :run_id")
 
 
 def claim_run(
-    session: Session, run_id: uuid.UUID, *, now: datetime, lease_grace_ms: int
+    session: Session, run_id: uuid.UUID, *, now: datetime, lease_grace_ms: int, reservation: int
 ) -> ClaimedRun | None:
-    """Take the run for one attempt, or None when it is not ours to run (duplicate, late, done)."""
-    row = session.execute(_CLAIM, {"run_id": run_id, "now": now, "grace_ms": lease_grace_ms}).first()
+    """Take the run for one attempt, or None when it is not ours to run (duplicate, late, done).
+
+    On its first attempt the run also holds `reservation` credits, if the user's month has them
+    left; `ClaimedRun.reserved` is 0 when it could not.
+    """
+    row = session.execute(
+        _CLAIM,
+        {
+            "run_id": run_id,
+            "now": now,
+            "grace_ms": lease_grace_ms,
+            "amount": reservation,
+            "period": credits.month_of(now),
+        },
+    ).first()
     if row is None:
         return None
-    claimed = ClaimedRun(*row)  # type: ignore[arg-type]
-    if claimed.one_off:
-        session.execute(_TASK_FOLLOWS_RUN, {"task_id": claimed.task_id, "status": "running", "now": now})
-    return claimed
-
-
-def hold_credits(session: Session, claimed: ClaimedRun, amount: int, now: datetime) -> ClaimedRun | None:
-    """Reserve the run's budget on its first attempt; None when the user's credits can't cover it."""
-    if claimed.reserved:
-        return claimed
-    if not credits.reserve(session, claimed.user_id, amount, now):
-        return None
-    session.execute(_HOLD_CREDITS, {"run_id": claimed.run_id, "amount": amount})
-    return ClaimedRun(**{**_as_dict(claimed), "reserved": amount})
-
-
-def _as_dict(claimed: ClaimedRun) -> dict[str, Any]:
-    return {name: getattr(claimed, name) for name in ClaimedRun.__slots__}
+    return ClaimedRun(*row)  # type: ignore[arg-type]
 
 
 _REQUEUE = text(
     """
-    UPDATE task_runs
-       SET status = 'queued', not_before = :not_before, lease_expires_at = NULL,
-           message_sent_at = NULL, message_id = NULL,
-           tokens_used = :tokens, error = CAST(:error AS jsonb)
-     WHERE id = :run_id AND status = 'running' AND attempts = :attempt
-    RETURNING id
+    WITH requeued AS (
+        UPDATE task_runs
+           SET status = 'queued', not_before = :not_before, lease_expires_at = NULL,
+               message_sent_at = NULL, message_id = NULL,
+               tokens_used = :tokens, error = CAST(:error AS jsonb)
+         WHERE id = :run_id AND status = 'running' AND attempts = :attempt
+        RETURNING id, task_id
+    ), task_follows AS (
+        UPDATE tasks SET status = 'queued', updated_at = :now
+         WHERE id = (SELECT task_id FROM requeued) AND cron IS NULL AND status <> 'cancelled'
+    )
+    SELECT id FROM requeued
     """
 )
 
+# The end of a run, in one statement: fenced on the attempt, the run's outcome, its one charge,
+# the user's credits released and charged, the task's totals, and the notification to waiters.
 _FINISH = text(
-    """
-    UPDATE task_runs
-       SET status = :status, finished_at = :now, lease_expires_at = NULL,
-           tokens_used = :tokens, credits_used = :charge, credits_reserved = 0,
-           result = :result, error = CAST(:error AS jsonb)
-     WHERE id = :run_id AND status = 'running' AND attempts = :attempt
-    RETURNING id
-    """
-)
-
-_TASK_RESULT = text(
-    """
-    UPDATE tasks
-       SET status = CASE WHEN cron IS NULL AND status <> 'cancelled' THEN :status ELSE status END,
-           result = :result, error = CAST(:error AS jsonb),
-           tokens_used = tokens_used + :tokens, credits_used = credits_used + :charge,
-           last_run_at = :now, updated_at = :now
-     WHERE id = :task_id
+    f"""
+    WITH finished AS (
+        UPDATE task_runs
+           SET status = :status, finished_at = :now, lease_expires_at = NULL,
+               tokens_used = :tokens, credits_used = :charge, credits_reserved = 0,
+               result = :result, error = CAST(:error AS jsonb)
+         WHERE id = :run_id AND status = 'running' AND attempts = :attempt
+        RETURNING id, task_id, user_id
+    ), charged AS (
+        INSERT INTO credit_ledger (user_id, run_id, kind, amount, tokens, period)
+        SELECT user_id, id, 'charge', :charge, :tokens, :period FROM finished WHERE :charge > 0
+        {credits.CHARGE_CONFLICT}
+        RETURNING amount
+    ), settled AS (
+        UPDATE users SET {credits.settle_set("COALESCE((SELECT sum(amount) FROM charged), 0)")}
+         WHERE id = (SELECT user_id FROM finished)
+    ), task_result AS (
+        UPDATE tasks
+           SET status = CASE WHEN cron IS NULL AND status <> 'cancelled' THEN :status
+                             ELSE status END,
+               result = :result, error = CAST(:error AS jsonb),
+               tokens_used = tokens_used + :tokens, credits_used = credits_used + :charge,
+               last_run_at = :now, updated_at = :now
+         WHERE id = (SELECT task_id FROM finished)
+    )
+    SELECT id, pg_notify(:channel, CAST(id AS text)) FROM finished
     """
 )
 
@@ -194,12 +218,11 @@ def retry_later(
             "not_before": now + timedelta(milliseconds=delay_ms),
             "tokens": claimed.tokens_before + outcome.tokens,
             "error": _error_json(outcome),
+            "now": now,
         },
     ).first()
     if row is None:
         return None
-    if claimed.one_off:
-        session.execute(_TASK_FOLLOWS_RUN, {"task_id": claimed.task_id, "status": "queued", "now": now})
     return Dispatch(claimed.run_id, claimed.priority, delay_ms)
 
 
@@ -222,10 +245,6 @@ def finish(
     else:
         status = RunStatus.FAILED
     tokens = claimed.tokens_before + outcome.tokens
-    charge = credits.cost_of(tokens, tokens_per_credit)
-    if claimed.reserved:
-        charge = min(charge, claimed.reserved)
-    error = _error_json(outcome)
     row = session.execute(
         _FINISH,
         {
@@ -234,36 +253,15 @@ def finish(
             "status": status.value,
             "now": now,
             "tokens": tokens,
-            "charge": charge,
+            "charge": credits.charge_for(tokens, tokens_per_credit, claimed.reserved),
+            "reserved": claimed.reserved,
+            "period": credits.month_of(now),
             "result": outcome.result,
-            "error": error,
+            "error": _error_json(outcome),
+            "channel": RUN_FINISHED_CHANNEL,
         },
     ).first()
-    if row is None:
-        return False
-    credits.settle(
-        session,
-        user_id=claimed.user_id,
-        run_id=claimed.run_id,
-        reserved=claimed.reserved,
-        tokens=tokens,
-        tokens_per_credit=tokens_per_credit,
-        now=now,
-    )
-    session.execute(
-        _TASK_RESULT,
-        {
-            "task_id": claimed.task_id,
-            "status": status.value,
-            "result": outcome.result,
-            "error": error,
-            "tokens": tokens,
-            "charge": charge,
-            "now": now,
-        },
-    )
-    notify_finished(session, claimed.run_id)
-    return True
+    return row is not None
 
 
 def notify_finished(session: Session, run_id: uuid.UUID) -> None:
