@@ -1,0 +1,333 @@
+"""Thundering herd: N scheduled tasks due in the same minute, until every run and message exists.
+
+    .venv/bin/python -m benchmarks.herd                     # 100,000 tasks, one pass
+    .venv/bin/python -m benchmarks.herd --tasks 10000 --passes 2
+
+N enabled tasks over a few hundred distinct (cron, timezone) pairs, all firing at the same UTC
+minute, are inserted into the benchmark database with `next_run_at` = that minute. The clock
+starts when the scheduling pass starts (`app.services.scheduling.run_scheduling_pass`, with the
+product's sender `actors.sending.send_dispatches`) and stops when it returns; the script then
+checks that N runs exist, each with `message_sent_at`, and that N messages are in Redis.
+With --passes P, P passes race over the same tasks (threads, as several schedulers would).
+
+Everything here uses the database `agentsched_bench` (dropped, created and migrated by the
+script) and Redis db 13 (flushed); `lateness.py` and `scheduler_memory.py` share these helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DATABASE = "agentsched_bench"
+REDIS_DB = 13
+PG_SERVER = os.environ.get("BENCH_PG_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432")
+DATABASE_URL = f"{PG_SERVER}/{BENCH_DATABASE}"
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+ZONES = (
+    "UTC", "Europe/London", "Europe/Paris", "Europe/Moscow", "Africa/Cairo", "Africa/Lagos",
+    "Asia/Dubai", "Asia/Kolkata", "Asia/Kathmandu", "Asia/Shanghai", "Asia/Tokyo", "Asia/Singapore",
+    "Australia/Sydney", "Australia/Adelaide", "Pacific/Auckland", "Pacific/Honolulu",
+    "America/Anchorage", "America/Los_Angeles", "America/Denver", "America/Chicago",
+    "America/New_York", "America/Halifax", "America/St_Johns", "America/Sao_Paulo",
+    "America/Mexico_City", "Atlantic/Azores", "Europe/Helsinki", "Asia/Tehran", "Asia/Jakarta",
+    "Asia/Seoul",
+)  # fmt: skip
+
+
+def bench_environment(**overrides: str) -> dict[str, str]:
+    """The environment of this script and its children: the benchmark database and Redis db."""
+    env = dict(os.environ)
+    for name in ("REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "LLM_BASE_URL", "LLM_API_KEY"):
+        env.pop(name, None)
+    env.update(
+        DATABASE_URL=DATABASE_URL,
+        REDIS_URL=REDIS_URL,
+        LLM_PROVIDER="offline",
+        PYTHONPATH=str(PROJECT_ROOT),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+def use_bench_environment(**overrides: str) -> None:
+    """Point this process at the benchmark database and Redis db (before importing `actors`)."""
+    os.environ.update(bench_environment(**overrides))
+    os.chdir(PROJECT_ROOT)
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))
+
+
+def recreate_database() -> None:
+    """Drop and create `agentsched_bench`, then build it with the migrations; flush Redis db 13."""
+    import psycopg
+    import redis
+
+    from app.migrate import upgrade_to_head
+    from app.services.run_events import libpq_conninfo
+
+    with psycopg.connect(libpq_conninfo(f"{PG_SERVER}/postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+    upgrade_to_head(DATABASE_URL)
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    client.close()
+
+
+def make_engine(pool_size: int = 8) -> Any:
+    from app.db import make_engine as make_app_engine
+    from app.settings import load_settings
+
+    return make_app_engine(load_settings(database_url=DATABASE_URL), pool_size=pool_size)
+
+
+def create_user(engine: Any) -> Any:
+    from app.db import make_session_factory
+    from app.services import accounts
+
+    with make_session_factory(engine).begin() as session:
+        user = accounts.create_user(
+            session, email="bench@example.com", plan="enterprise", monthly_credits=2_000_000_000
+        )
+        return user.id
+
+
+def herd_expressions(due_at: datetime, distinct: int) -> list[tuple[str, str]]:
+    """`distinct` (cron, timezone) pairs that all fire at the UTC minute `due_at`."""
+    pairs: list[tuple[str, str]] = []
+    for zone in ZONES:
+        local = due_at.astimezone(ZoneInfo(zone))
+        m, h, dom, mon, dow = local.minute, local.hour, local.day, local.month, (local.weekday() + 1) % 7
+        shapes = (
+            f"{m} * * * *",
+            f"{m} {h} * * *",
+            f"{m} {h} * * {dow}",
+            f"{m} {h} {dom} * *",
+            f"{m} {h} * {mon} *",
+            f"{m % 5}-59/5 * * * *",
+            f"{m % 15}-59/15 {h} * * *",
+            f"{m},{(m + 30) % 60} * * * *" if m != (m + 30) % 60 else "* * * * *",
+            f"{m} {h},{(h + 12) % 24} * * *",
+            f"{m} {h} {dom} {mon} *",
+            "* * * * *",
+        )
+        pairs.extend((shape, zone) for shape in shapes)
+    unique = list(dict.fromkeys(pairs))
+    return unique[:distinct]
+
+
+_SEED = """
+INSERT INTO tasks (user_id, title, description, agent_type, status, priority, schedule,
+                   schedule_enabled, cron, timezone, next_run_at, agent_config)
+SELECT :user_id, 'herd ' || g, 'Summarise item ' || g, 'research_agent', 'pending',
+       (ARRAY['urgent', 'high', 'medium', 'low'])[1 + g % 4],
+       jsonb_build_object('enabled', true, 'cron', (CAST(:crons AS text[]))[1 + g % :k],
+                          'timezone', (CAST(:zones AS text[]))[1 + g % :k]),
+       :enabled, (CAST(:crons AS text[]))[1 + g % :k], (CAST(:zones AS text[]))[1 + g % :k],
+       :next_run_at, '{"timeout": 300000, "maxRetries": 3}'
+  FROM generate_series(CAST(:first AS int), CAST(:last AS int)) AS g
+"""
+
+
+def seed_scheduled_tasks(
+    engine: Any,
+    user_id: Any,
+    count: int,
+    pairs: Sequence[tuple[str, str]],
+    next_run_at: datetime,
+    *,
+    enabled: bool = True,
+    batch: int = 100_000,
+) -> None:
+    """`count` scheduled tasks spread round-robin over `pairs`, all with this `next_run_at`."""
+    from sqlalchemy import text
+
+    for first in range(0, count, batch):
+        with engine.begin() as conn:
+            conn.execute(
+                text(_SEED),
+                {
+                    "user_id": user_id,
+                    "crons": [cron for cron, _ in pairs],
+                    "zones": [zone for _, zone in pairs],
+                    "k": len(pairs),
+                    "enabled": enabled,
+                    "next_run_at": next_run_at,
+                    "first": first,
+                    "last": min(count, first + batch) - 1,
+                },
+            )
+
+
+def vacuum_analyze(engine: Any) -> None:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE tasks, task_runs"))
+
+
+class Child:
+    """A process this script started, in a session of its own; stopped with SIGTERM, then killed."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, **env: str) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            list(argv),
+            cwd=PROJECT_ROOT,
+            env=bench_environment(**env),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace_s: float = 20.0) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)  # its own group: only what it started
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's high-water resident set size (VmHWM), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_extra_sql(engine: Any, statements: Sequence[str]) -> None:
+    from sqlalchemy import text
+
+    for statement in statements:
+        with engine.begin() as conn:
+            conn.execute(text(statement))
+        print(f"applied: {statement}")
+
+
+def messages_in_redis() -> int:
+    import redis
+
+    from app.models.enums import Priority
+    from app.services.dispatch import queue_name
+    from app.services.stats import queue_key
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return sum(int(client.llen(queue_key(queue_name(p)))) for p in Priority)
+    finally:
+        client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", type=int, default=100_000, help="tasks due in the same minute")
+    parser.add_argument("--expressions", type=int, default=300, help="distinct (cron, timezone) pairs")
+    parser.add_argument("--batch-size", type=int, default=1000, help="tasks claimed per transaction")
+    parser.add_argument("--passes", type=int, default=1, help="passes racing over the same tasks")
+    parser.add_argument(
+        "--extra-sql",
+        action="append",
+        default=[],
+        help="SQL run after the migrations (to try a schema change)",
+    )
+    args = parser.parse_args(argv)
+
+    use_bench_environment()
+    recreate_database()
+    import actors  # noqa: F401  (the broker, bound to Redis db 13)
+    from actors.sending import send_dispatches
+    from app.clock import SYSTEM_CLOCK
+    from app.db import make_session_factory
+    from app.services.scheduling import PassResult, run_scheduling_pass
+
+    engine = make_engine(pool_size=2 * args.passes + 2)
+    session_factory = make_session_factory(engine)
+    run_extra_sql(engine, args.extra_sql)
+    due_at = datetime.now(UTC).replace(second=0, microsecond=0)
+    pairs = herd_expressions(due_at, args.expressions)
+    seeding = time.perf_counter()
+    seed_scheduled_tasks(engine, create_user(engine), args.tasks, pairs, due_at)
+    vacuum_analyze(engine)
+    print(
+        f"seeded {args.tasks:,} tasks over {len(pairs)} (cron, timezone) pairs due at {due_at:%H:%M} UTC "
+        f"in {time.perf_counter() - seeding:.1f} s"
+    )
+
+    send_seconds = [0.0]
+    lock = threading.Lock()
+
+    def send(dispatches: Sequence[Any]) -> None:
+        started = time.perf_counter()
+        send_dispatches(session_factory, dispatches, SYSTEM_CLOCK)
+        with lock:
+            send_seconds[0] += time.perf_counter() - started
+
+    results: list[PassResult] = []
+    now = due_at + timedelta(seconds=0.5)
+
+    def one_pass() -> None:
+        results.append(run_scheduling_pass(session_factory, now=now, send=send, batch_size=args.batch_size))
+
+    threads = [threading.Thread(target=one_pass) for _ in range(args.passes)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        runs, sent = conn.execute(
+            text("SELECT count(*), count(message_sent_at) FROM task_runs WHERE trigger = 'schedule'")
+        ).one()
+    in_redis = messages_in_redis()
+    queued = sum(r.runs_queued for r in results)
+    print(f"passes: {args.passes}, batch size {args.batch_size}, {os.cpu_count()} CPUs")
+    print(
+        f"runs created: {runs:,} (queued {queued:,}), messages recorded sent: {sent:,}, "
+        f"in Redis: {in_redis:,}"
+    )
+    print(
+        f"time from pass start until all runs and messages exist: {elapsed:.2f} s "
+        f"({args.tasks / elapsed:,.0f} runs/s); sending {send_seconds[0]:.2f} s of it"
+    )
+    engine.dispose()
+    ok = runs == sent == in_redis == args.tasks
+    if not ok:
+        print("MISMATCH: expected", args.tasks, "of each")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,558 @@
+"""Runs in flight on one worker host when the model answers after 1 s, against the ideal.
+
+    .venv/bin/python -m benchmarks.inflight                      # 3,000 runs, 2 processes x 256 threads
+    .venv/bin/python -m benchmarks.inflight --concurrency-env unset,12 --timeline
+
+A slow OpenAI-compatible server (`benchmarks/model_server.py`, asyncio, a process of its own)
+answers every chat completion after --delay seconds. N queued runs are inserted and their messages
+sent; then `dramatiq actors --processes P --threads T` runs them with LLM_PROVIDER=openai against
+that server. Every --poll seconds the script records runs running/finished (Postgres), model calls
+in flight (the server's counters), Postgres connections and each worker process's RSS; during the
+steady state it takes --dumps `py-spy dump`s of one worker and counts what its threads are doing
+(in a model call, waiting for a pooled Postgres connection, in a query, idle).
+
+Steady state: from 10% of the runs finished until only P x T runs are left (the pipeline still
+full). Ideal throughput there = P x T / (model calls per run x delay); the goal is >= 512 runs in
+flight at >= 90% of it, with <= 300 MB RSS per worker process.
+
+Pool sizing: a worker's SQLAlchemy pool is AGENT_WORKER_CONCURRENCY + 2 (and as much overflow),
+whatever `--threads` says; each value of --concurrency-env is a scenario ("unset" = default 5).
+The workers connect as a role limited to --role-connection-limit connections (default 60), so a
+pool that outgrows Postgres fails here as it would at max_connections. That does not make it
+harmless on a shared server: refused connection attempts still occupy server slots for a moment,
+and a storm of them (AGENT_WORKER_CONCURRENCY=256 with 2 x 256 threads) made other clients see
+"sorry, too many clients already". Run such scenarios on a quiet machine only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    BENCH_DATABASE,
+    PG_SERVER,
+    Child,
+    CpuMeter,
+    bench_connections,
+    bench_environment,
+    children,
+    consumers_on_bench_redis,
+    create_users,
+    dramatiq_worker,
+    drop_database,
+    exclusive_benchmark,
+    exited_pg_backends_cpu,
+    flush_redis,
+    free_port,
+    insert_queued_runs,
+    log_directory,
+    lost_messages,
+    machine_note,
+    make_bench_engine,
+    median,
+    peak_rss_mb,
+    pg_backend_pids,
+    pg_connections_in_use,
+    pg_sessions_opened,
+    pg_setting,
+    py_spy_path,
+    recreate_database,
+    redis_server_pids,
+    rss_mb,
+    run_status_counts,
+    send_run_messages,
+    truncate_runs,
+    use_bench_environment,
+    wait_for_port,
+    worker_pids,
+)
+
+GOAL_IN_FLIGHT = 512
+GOAL_SHARE_OF_IDEAL = 0.90
+GOAL_RSS_MB = 300.0
+BENCH_ROLE = "agentsched_bench"
+PRIORITY = "medium"
+FINISHED = ("completed", "failed", "cancelled", "skipped")
+#: What a worker thread is doing, by the first matching frame of its stack (py-spy dump).
+THREAD_STATES = (
+    ("waiting for a pooled Postgres connection", "QueuePool._do_get"),
+    ("in a model call", "OpenAIProvider.complete"),
+    ("opening a Postgres connection", "create_engine.<locals>.connect"),
+    ("in a Postgres round trip", "psycopg/"),
+    ("idle: no message to run", "WorkerThread.run"),
+    ("Dramatiq consumer", "ConsumerThread.run"),
+)
+
+
+@dataclass
+class Sample:
+    t: float
+    running: int
+    finished: int
+    queued: int
+    model_in_flight: int
+    model_answered: int
+    rss_mb: list[float]
+    connections: int
+    consumers: int
+
+
+@dataclass
+class Result:
+    label: str
+    samples: list[Sample] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    peak_rss_mb: list[float] = field(default_factory=list)
+    latency_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    errors: dict[str, int] = field(default_factory=dict)
+    worker_log: Path | None = None
+    threads: collections.Counter[str] = field(default_factory=collections.Counter)
+    dumps: int = 0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_window: tuple[float, int] = (0.0, 0)
+    sessions_opened: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# --- the role with a connection limit -------------------------------------------------------------
+
+
+def _admin(sql: str, database_url: str | None = None) -> None:
+    import psycopg
+
+    from app.services.run_events import libpq_conninfo
+    from benchmarks.common import ADMIN_DATABASE_URL
+
+    with psycopg.connect(libpq_conninfo(database_url or ADMIN_DATABASE_URL), autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def prepare_role(limit: int) -> str:
+    """A login role limited to `limit` connections that may use the benchmark database; its URL."""
+    from benchmarks.common import DATABASE_URL
+
+    _admin(
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{BENCH_ROLE}') THEN "
+        f"CREATE ROLE {BENCH_ROLE} LOGIN; END IF; END $$"
+    )
+    _admin(f"ALTER ROLE {BENCH_ROLE} NOSUPERUSER LOGIN CONNECTION LIMIT {int(limit)}")
+    _admin(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {BENCH_ROLE}", DATABASE_URL)
+    _admin(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {BENCH_ROLE}", DATABASE_URL)
+    _admin(f'GRANT CONNECT ON DATABASE "{BENCH_DATABASE}" TO {BENCH_ROLE}')
+    return f"{PG_SERVER.replace('postgres@', BENCH_ROLE + '@')}/{BENCH_DATABASE}"
+
+
+def drop_role() -> None:
+    _admin(f"DROP ROLE IF EXISTS {BENCH_ROLE}")
+
+
+# --- one scenario ---------------------------------------------------------------------------------
+
+
+def _model_stats(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as response:
+        return dict(json.loads(response.read()))
+
+
+def run_scenario(
+    args: argparse.Namespace, engine: Any, concurrency_env: str, database_url: str, logs: Path
+) -> Result:
+    result = Result(f"{args.processes}x{args.threads}, AGENT_WORKER_CONCURRENCY={concurrency_env}")
+    truncate_runs(engine)
+    flush_redis()
+    users = create_users(engine, args.users)
+    run_ids = insert_queued_runs(engine, users, args.runs, priority=PRIORITY, timeout_ms=args.run_timeout_ms)
+    send_run_messages(engine, run_ids, PRIORITY)
+    port = free_port()
+    tag = f"c{concurrency_env}"
+    with children() as started:
+        server = Child(
+            "model server",
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.model_server",
+                "--port",
+                str(port),
+                "--delay",
+                str(args.delay),
+            ],
+            bench_environment(),
+            logs / f"model-server-{tag}.log",
+        )
+        started.append(server.start())
+        wait_for_port(port, child=server)
+        env = bench_environment(
+            DATABASE_URL=database_url,
+            LLM_PROVIDER="openai",
+            LLM_BASE_URL=f"http://127.0.0.1:{port}/v1",
+            LLM_API_KEY="x",
+            LOG_LEVEL=args.log_level,
+        )
+        if concurrency_env != "unset":
+            env["AGENT_WORKER_CONCURRENCY"] = concurrency_env
+        worker = dramatiq_worker(
+            args.worker_module, args.processes, args.threads, env, logs / f"worker-{tag}.log"
+        )
+        started.append(worker.start())
+        result.worker_log = worker.log_path
+        _poll(args, engine, worker, server, port, result)
+        result.peak_rss_mb = [peak_rss_mb(pid) for pid in worker_pids(worker.pid)]
+    result.statuses = run_status_counts(engine)
+    lost = lost_messages(result.statuses)
+    if lost:
+        result.notes.append(lost)
+    result.latency_s = _latencies(engine)
+    result.errors = _log_errors(result.worker_log)
+    return result
+
+
+def _poll(
+    args: argparse.Namespace, engine: Any, worker: Child, server: Child, port: int, result: Result
+) -> None:
+    deadline = time.monotonic() + args.timeout
+    failures, first_failure = 0, ""
+    total_threads = args.processes * args.threads
+    meter = CpuMeter(lambda: _cpu_groups(engine, worker, server), exited_pg_backends_cpu)
+    window: tuple[float, int, int] | None = None  # time, finished, sessions opened at its start
+    while time.monotonic() < deadline:
+        try:
+            sample = _sample(engine, worker, port)
+        except Exception as exc:  # Postgres refusing connections is one of the things measured here
+            failures += 1
+            first_failure = first_failure or f"{type(exc).__name__}: {exc}"
+            time.sleep(args.poll)
+            continue
+        result.samples.append(sample)
+        steady = 0.1 * args.runs <= sample.finished < args.runs - total_threads
+        if steady and window is None:
+            meter.start()
+            window = (sample.t, sample.finished, pg_sessions_opened())
+        elif window is not None and not result.cpu_s:
+            if steady:
+                meter.sample()
+            else:
+                result.cpu_s = meter.stop()
+                result.cpu_window = (sample.t - window[0], sample.finished - window[1])
+                result.sessions_opened = pg_sessions_opened() - window[2]
+        if steady and result.dumps < args.dumps:
+            _census(worker, result)
+        if sample.finished >= args.runs:
+            break
+        if not worker.alive():
+            result.notes.append(f"the worker exited early:\n{worker.log_tail()}")
+            break
+        time.sleep(args.poll)
+    else:
+        result.notes.append(f"gave up after {args.timeout:.0f} s")
+    if failures:
+        result.notes.append(f"{failures} polls failed; the first: {first_failure}")
+
+
+def _sample(engine: Any, worker: Child, port: int) -> Sample:
+    counts = run_status_counts(engine)
+    try:
+        stats = _model_stats(port)
+    except OSError:
+        stats = {"in_flight": -1, "answered": -1}
+    return Sample(
+        t=time.monotonic(),
+        running=counts.get("running", 0),
+        finished=sum(counts.get(s, 0) for s in FINISHED),
+        queued=counts.get("queued", 0),
+        model_in_flight=int(stats["in_flight"]),
+        model_answered=int(stats["answered"]),
+        rss_mb=[rss_mb(pid) for pid in worker_pids(worker.pid)],
+        connections=bench_connections(),
+        consumers=consumers_on_bench_redis(),
+    )
+
+
+def _cpu_groups(engine: Any, worker: Child, server: Child) -> dict[str, list[int]]:
+    return {
+        "worker processes": worker_pids(worker.pid),
+        "postgres backends (this db)": pg_backend_pids(engine),
+        "model server": [server.pid],
+        "redis-server (shared)": redis_server_pids(),
+    }
+
+
+def _census(worker: Child, result: Result) -> None:
+    """One `py-spy dump` of the first worker process: what each worker thread is doing."""
+    spy = py_spy_path()
+    pids = worker_pids(worker.pid)
+    if spy is None or not pids:
+        return
+    dump = subprocess.run(
+        [spy, "dump", "--pid", str(pids[0])], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
+    for section in dump.split("\nThread ")[1:]:
+        for state, marker in THREAD_STATES:
+            if marker in section:
+                result.threads[state] += 1
+                break
+        else:
+            result.threads["other"] += 1
+    result.dumps += 1
+
+
+def _latencies(engine: Any) -> tuple[float, float, float]:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                """
+                SELECT percentile_cont(0.5)
+                           WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)),
+                       percentile_cont(0.99)
+                           WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)),
+                       avg(extract(epoch FROM started_at - queued_at))
+                  FROM task_runs WHERE status = 'completed'
+                """
+            )
+        ).one()
+    p50, p99, wait = (float(v or 0.0) for v in row)
+    return p50, p99, wait
+
+
+_ERROR_PATTERNS = {
+    "too many connections": re.compile(r"too many (connections|clients)", re.I),
+    "pool timeout (QueuePool limit reached)": re.compile(r"QueuePool limit", re.I),
+    "actor failed, will retry": re.compile(r"Retrying message", re.I),
+    "model call errors": re.compile(r"could not reach the model provider|model provider answered HTTP", re.I),
+    "tracebacks": re.compile(r"^Traceback", re.M),
+}
+
+
+def _log_errors(path: Path | None) -> dict[str, int]:
+    if path is None or not path.exists():
+        return {}
+    text = path.read_text(errors="replace")
+    return {name: len(pattern.findall(text)) for name, pattern in _ERROR_PATTERNS.items()}
+
+
+# --- reporting ------------------------------------------------------------------------------------
+
+
+def report(args: argparse.Namespace, result: Result) -> dict[str, float]:
+    samples = result.samples
+    total_threads = args.processes * args.threads
+    print(f"\n== {result.label}: {args.runs:,} runs, model delay {args.delay:g} s")
+    figures: dict[str, float] = {}
+    if not samples:
+        print("   no samples")
+        return figures
+    print(f"   statuses: {result.statuses}")
+    start = next((s for s in samples if s.finished >= 0.1 * args.runs), None)
+    end = next((s for s in samples if s.finished >= args.runs - total_threads), samples[-1])
+    # Plan, two steps, final answer: what the model server's plan makes a run do. Measured over the
+    # whole run when every run finished (the steady window's edges cut runs in half).
+    calls_per_run = 4.0
+    finished_all, answered_all = samples[-1].finished, samples[-1].model_answered
+    if finished_all >= args.runs and answered_all > 0:
+        calls_per_run = answered_all / finished_all
+    ideal_latency = calls_per_run * args.delay
+    ideal = total_threads / ideal_latency
+    if start is None or end.t <= start.t:
+        print("   no steady state reached (too few runs finished, or too few runs for the threads)")
+    else:
+        window = [s for s in samples if start.t <= s.t <= end.t]
+        rate = (end.finished - start.finished) / (end.t - start.t)
+        running = median([s.running for s in window])
+        model = median([s.model_in_flight for s in window])
+        figures = {"rate": rate, "ideal": ideal, "running": running, "model": model}
+        print(f"   steady state ({end.t - start.t:.1f} s, {start.finished:,}..{end.finished:,} finished):")
+        print(
+            f"     throughput {rate:.1f} runs/s = {100 * rate / ideal:.0f}% of ideal {ideal:.1f} runs/s "
+            f"({total_threads} threads / ({calls_per_run:.2f} calls x {args.delay:g} s))"
+        )
+        print(
+            f"     runs in flight (status running): median {running:.0f}, "
+            f"max {max(s.running for s in window)}; model calls in flight: median {model:.0f}, "
+            f"max {max(s.model_in_flight for s in window)}"
+        )
+        verdict = running >= GOAL_IN_FLIGHT and rate >= GOAL_SHARE_OF_IDEAL * ideal
+        print(
+            f"     goal >= {GOAL_IN_FLIGHT} in flight at >= {GOAL_SHARE_OF_IDEAL:.0%} of ideal: "
+            f"{'met' if verdict else 'NOT met'}"
+        )
+    p50, p99, queued_wait = result.latency_s
+    print(
+        f"   one run, claimed to finished: p50 {p50:.2f} s, p99 {p99:.2f} s (ideal {ideal_latency:.2f} s); "
+        f"mean wait in queue {queued_wait:.1f} s"
+    )
+    _report_threads(result)
+    _report_cpu(result)
+    columns = max(len(s.rss_mb) for s in samples)
+    sampled = [max(s.rss_mb[i] for s in samples if len(s.rss_mb) > i) for i in range(columns)]
+    print(
+        f"   RSS per worker process: peak (VmHWM) {', '.join(f'{m:.0f}' for m in result.peak_rss_mb)} MiB; "
+        f"largest sampled {', '.join(f'{m:.0f}' for m in sampled)} MiB (goal <= {GOAL_RSS_MB:.0f} MiB)"
+    )
+    print(
+        f"   Postgres connections to the benchmark db: max {max(s.connections for s in samples)} "
+        f"(max_connections {pg_setting('max_connections')}, worker role limit "
+        f"{args.role_connection_limit or 'none'})"
+    )
+    errors = {k: v for k, v in result.errors.items() if v}
+    print(f"   worker log: {result.worker_log}; {errors or 'no errors'}")
+    intruders = max(s.consumers for s in samples) - args.processes - 1  # and our enqueuing broker
+    if intruders > 0:
+        print(
+            f"   WARNING: {intruders} Dramatiq consumer(s) besides ours used Redis db 12 during the run; "
+            "they take messages away (runs stay queued): the figures are not valid"
+        )
+    for note in result.notes:
+        print(f"   NOTE: {note}")
+    if args.timeline:
+        _print_timeline(samples)
+    return figures
+
+
+def _report_threads(result: Result) -> None:
+    if not result.dumps:
+        return
+    threads = sum(result.threads.values()) / result.dumps
+    print(
+        f"   worker threads of one process, mean of {result.dumps} py-spy dumps in the steady state "
+        f"({threads:.0f} threads):"
+    )
+    for state, count in result.threads.most_common():
+        print(f"     {count / result.dumps:6.1f}  {state}")
+
+
+def _report_cpu(result: Result) -> None:
+    seconds, runs = result.cpu_window
+    if not result.cpu_s or not runs:
+        return
+    total = sum(result.cpu_s.values())
+    print(f"   CPU in the steady state ({seconds:.1f} s, {runs:,} runs), per run:")
+    for name, cpu in sorted(result.cpu_s.items(), key=lambda item: -item[1]):
+        print(f"     {1000 * cpu / runs:7.2f} ms  {name}")
+    print(
+        f"     {1000 * total / runs:7.2f} ms  total = {total / seconds:.2f} of the machine's "
+        f"2 cores busy with this benchmark"
+    )
+    if result.sessions_opened:
+        print(
+            f"   Postgres connections opened in the steady state: {result.sessions_opened:,} "
+            f"({result.sessions_opened / runs:.1f} a run: pool overflow connections closed and reopened)"
+        )
+
+
+def _print_timeline(samples: list[Sample]) -> None:
+    print("   timeline: t(s) running finished queued model_in_flight connections rss(MiB)")
+    t0 = samples[0].t
+    for s in samples[:: max(1, len(samples) // 40)]:
+        print(
+            f"     {s.t - t0:6.1f} {s.running:5d} {s.finished:6d} {s.queued:6d} {s.model_in_flight:5d} "
+            f"{s.connections:4d}  {' '.join(f'{m:.0f}' for m in s.rss_mb)}"
+        )
+
+
+def _drop_everything(args: argparse.Namespace) -> None:
+    for attempt in range(10):  # a connection storm may still be dying down
+        try:
+            drop_database()
+            if args.role_connection_limit > 0:
+                drop_role()
+            return
+        except Exception as exc:
+            print(f"cleanup attempt {attempt + 1} failed: {exc}; retrying")
+            time.sleep(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=3_000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=256)
+    parser.add_argument("--delay", type=float, default=1.0, help="seconds the model takes per call")
+    parser.add_argument("--users", type=int, default=1)
+    parser.add_argument(
+        "--concurrency-env",
+        default="unset",
+        help='AGENT_WORKER_CONCURRENCY per scenario, comma-separated ("unset" = default)',
+    )
+    parser.add_argument(
+        "--role-connection-limit",
+        type=int,
+        default=60,
+        help="connection limit of the workers' role (0: connect as postgres, no limit)",
+    )
+    parser.add_argument("--run-timeout-ms", type=int, default=300_000)
+    parser.add_argument("--poll", type=float, default=0.5)
+    parser.add_argument("--timeout", type=float, default=300.0, help="give up on a scenario after this (s)")
+    parser.add_argument("--log-level", default="INFO", help="the workers' LOG_LEVEL (product default INFO)")
+    parser.add_argument("--dumps", type=int, default=6, help="py-spy dumps of a worker in the steady state")
+    parser.add_argument("--worker-module", default="actors", help="what `dramatiq` imports (for experiments)")
+    parser.add_argument("--timeline", action="store_true", help="print the sampled timeline")
+    parser.add_argument("--keep-database", action="store_true")
+    args = parser.parse_args(argv)
+    if not 0 < args.runs <= 100_000:
+        parser.error("--runs must be between 1 and 100,000")
+    if not 0 < args.processes * args.threads <= 4_096:
+        parser.error("--processes x --threads must be between 1 and 4,096")
+    if args.runs < 2 * args.processes * args.threads:
+        print(
+            f"warning: with fewer than {2 * args.processes * args.threads} runs there is little steady state"
+        )
+    if py_spy_path() is None:
+        print("no py-spy: no thread census (`python -m venv /tmp/prof && /tmp/prof/bin/pip install py-spy`)")
+    with exclusive_benchmark("inflight"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    use_bench_environment()
+    import actors  # noqa: F401  (binds the broker to REDIS_URL db 12)
+    from benchmarks.common import DATABASE_URL
+
+    logs = log_directory("inflight")
+    print(f"inflight: {machine_note()}; logs in {logs}")
+    print(
+        f"postgres: max_connections={pg_setting('max_connections')}, "
+        f"client connections in use now (all databases) {pg_connections_in_use()}"
+    )
+    recreate_database()
+    worker_url = prepare_role(args.role_connection_limit) if args.role_connection_limit > 0 else DATABASE_URL
+    engine = make_bench_engine()
+    summary: list[tuple[str, dict[str, float], Result]] = []
+    try:
+        for concurrency_env in args.concurrency_env.split(","):
+            result = run_scenario(args, engine, concurrency_env.strip(), worker_url, logs)
+            summary.append((result.label, report(args, result), result))
+    finally:
+        engine.dispose()
+        flush_redis()
+        if not args.keep_database:
+            _drop_everything(args)
+    print("\nsummary:")
+    for label, figures, result in summary:
+        if figures:
+            print(
+                f"  {label}: {figures['rate']:.1f} runs/s of ideal {figures['ideal']:.1f} "
+                f"({100 * figures['rate'] / figures['ideal']:.0f}%), {figures['running']:.0f} running, "
+                f"{figures['model']:.0f} model calls in flight, peak RSS "
+                f"{max(result.peak_rss_mb, default=0):.0f} MiB"
+            )
+        else:
+            print(f"  {label}: no steady state; statuses {result.statuses}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""A slow OpenAI-compatible Chat Completions server for benchmarks: asyncio, one coroutine a connection.
+
+    python -m benchmarks.model_server --port 8099 --delay 1.0
+
+Every `POST /v1/chat/completions` is answered after `--delay` seconds, the way
+`tests/support/openai_stub.py` answers (a two-step plan when asked for a JSON array, else a
+short text), so an agent run makes the same four calls. `GET /stats` returns JSON counters:
+requests answered, requests in flight now and at most, connections open now and at most.
+It serves 127.0.0.1 only and holds thousands of keep-alive connections on one event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+PLAN_ANSWER = '["step one", "step two"]'
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.answered = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.connections = 0
+        self.max_connections = 0
+        self.started = time.monotonic()
+
+    def as_json(self) -> bytes:
+        return json.dumps(
+            {
+                "answered": self.answered,
+                "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight,
+                "connections": self.connections,
+                "max_connections": self.max_connections,
+                "uptime_s": round(time.monotonic() - self.started, 3),
+            }
+        ).encode()
+
+
+def _answer(body: dict[str, Any]) -> str:
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    users = [m for m in messages if m.get("role") == "user"]
+    last = (users or messages or [{}])[-1].get("content")
+    last = last if isinstance(last, str) else ""
+    return PLAN_ANSWER if "JSON array" in last else f"bench answer: {last[:40]}"
+
+
+def _completion(body: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {
+            "id": f"chatcmpl-bench-{time.monotonic_ns()}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or "bench-model",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": _answer(body)},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+        }
+    ).encode()
+
+
+def _response(status: int, payload: bytes, reason: str = "OK") -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+async def _serve(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float, stats: Stats
+) -> None:
+    stats.connections += 1
+    stats.max_connections = max(stats.max_connections, stats.connections)
+    try:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            request_line, *header_lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = [*request_line.split(" ", 2), "", ""][:3]
+            headers = {}
+            for line in header_lines:
+                name, _, value = line.partition(":")
+                if name:
+                    headers[name.strip().lower()] = value.strip()
+            length = int(headers.get("content-length") or 0)
+            if length > MAX_BODY_BYTES:
+                writer.write(_response(413, b'{"error": {"message": "too large"}}', "Payload Too Large"))
+                return
+            raw = await reader.readexactly(length) if length else b""
+            if method == "GET" and path == "/stats":
+                writer.write(_response(200, stats.as_json()))
+            elif method == "POST" and path.split("?", 1)[0] == "/v1/chat/completions":
+                stats.in_flight += 1
+                stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+                try:
+                    await asyncio.sleep(delay_s)
+                finally:
+                    stats.in_flight -= 1
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = {}
+                writer.write(_response(200, _completion(body if isinstance(body, dict) else {})))
+                stats.answered += 1
+            else:
+                writer.write(_response(404, b'{"error": {"message": "unknown path"}}', "Not Found"))
+            await writer.drain()
+            if headers.get("connection", "").lower() == "close":
+                return
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return
+    finally:
+        stats.connections -= 1
+        writer.close()
+
+
+async def serve(port: int, delay_s: float) -> None:
+    stats = Stats()
+    server = await asyncio.start_server(
+        lambda r, w: _serve(r, w, delay_s, stats), "127.0.0.1", port, backlog=4096, limit=MAX_BODY_BYTES
+    )
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay", type=float, default=1.0, help="seconds before each answer")
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.port, args.delay))
+
+
+if __name__ == "__main__":
+    main()
