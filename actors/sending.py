@@ -45,6 +45,16 @@ def send_dispatches(
 
     A message that fails to reach Redis is left unrecorded; the reconciler sends it later.
     """
+    sent = send_messages(dispatches)
+    if sent:
+        with session_factory.begin() as session:
+            mark_sent(session, sent, clock.now())
+    return sent
+
+
+def send_messages(dispatches: Sequence[Dispatch]) -> list[tuple[uuid.UUID, str]]:
+    """Enqueue one message per run, recording nothing: for runs whose rows already hold their
+    message id (a send that fails leaves that id missing from Redis, so the reconciler resends)."""
     if not dispatches:
         return []
     broker = dramatiq.get_broker()
@@ -58,9 +68,6 @@ def send_dispatches(
                 len(chunk),
                 chunk[0].run_id,
             )
-    if sent:
-        with session_factory.begin() as session:
-            mark_sent(session, sent, clock.now())
     return sent
 
 
@@ -77,7 +84,7 @@ def enqueue_runs(broker: Any, dispatches: Sequence[Dispatch]) -> list[tuple[uuid
 
 def _message(dispatch: Dispatch, now_ms: int) -> dramatiq.Message[Any]:
     """The message `broker.enqueue` would put in Redis for this run."""
-    message_id = str(uuid.uuid4())
+    message_id = dispatch.message_id or str(uuid.uuid4())
     queue = queue_name(dispatch.priority)
     options: dict[str, Any] = {"redis_message_id": message_id}
     if dispatch.delay_ms > 0:

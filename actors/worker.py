@@ -42,6 +42,7 @@ def run_environment(threads: int | None = None) -> RunEnvironment:
                 engine = make_engine(
                     _settings,
                     pool_size=min(threads + 2, WORKER_DB_POOL_MAX),
+                    max_overflow=0,
                     pre_ping=False,
                     autocommit=True,
                     pool_timeout=60,

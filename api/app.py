@@ -21,19 +21,26 @@ from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
+#: Database connections per API process: anyio's default number of worker threads.
+API_DB_POOL = 40
+
 
 def create_app(settings: Settings) -> Litestar:
     from actors import broker  # noqa: F401  (the broker the API sends run messages on)
-    from actors.sending import send_dispatches
+    from actors.sending import send_dispatches, send_messages
 
-    engine = make_engine(settings, pool_size=20)
+    # As many connections as anyio runs handler threads (40), and no overflow: opening and
+    # closing overflow connections under load costs more than waiting for a pooled one.
+    engine = make_engine(settings, pool_size=API_DB_POOL, max_overflow=0, pre_ping=False)
     session_factory = make_session_factory(engine)
     waiter = RunWaiter(settings.database_url)
     state = ApiState(
         settings=settings,
         session_factory=session_factory,
+        autocommit_sessions=make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT")),
         waiter=waiter,
         send=lambda dispatches: send_dispatches(session_factory, dispatches, state.clock),
+        send_recorded=send_messages,
     )
 
     async def start_waiter() -> None:

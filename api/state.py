@@ -44,7 +44,12 @@ class ApiKeyCache:
 class ApiState:
     settings: Settings
     session_factory: sessionmaker[Session]
+    #: Sessions whose every statement commits on its own (for single-statement units of work).
+    autocommit_sessions: sessionmaker[Session]
     waiter: RunWaiter
+    #: Send run messages, then record on each run that its message was sent.
     send: Callable[[Sequence[Dispatch]], object]
+    #: Send run messages whose rows already record their message ids.
+    send_recorded: Callable[[Sequence[Dispatch]], object]
     clock: Clock = SYSTEM_CLOCK
     keys: ApiKeyCache = field(default_factory=ApiKeyCache)

@@ -24,6 +24,7 @@ def make_engine(
     settings: Settings,
     *,
     pool_size: int = 10,
+    max_overflow: int | None = None,
     pre_ping: bool = True,
     autocommit: bool = False,
     **kwargs: object,
@@ -40,7 +41,7 @@ def make_engine(
     return create_engine(
         settings.database_url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
         pool_pre_ping=pre_ping,
         **kwargs,
     )

@@ -1,7 +1,7 @@
 """Runs in flight on one worker host when the model answers after 1 s, against the ideal.
 
     .venv/bin/python -m benchmarks.inflight                      # 3,000 runs, 2 processes x 256 threads
-    .venv/bin/python -m benchmarks.inflight --concurrency-env unset,12 --timeline
+    .venv/bin/python -m benchmarks.inflight --role-connection-limit 80 --timeline
 
 A slow OpenAI-compatible server (`benchmarks/model_server.py`, asyncio, a process of its own)
 answers every chat completion after --delay seconds. N queued runs are inserted and their messages
@@ -15,13 +15,16 @@ Steady state: from 10% of the runs finished until only P x T runs are left (the 
 full). Ideal throughput there = P x T / (model calls per run x delay); the goal is >= 512 runs in
 flight at >= 90% of it, with <= 300 MB RSS per worker process.
 
-Pool sizing: a worker's SQLAlchemy pool is AGENT_WORKER_CONCURRENCY + 2 (and as much overflow),
-whatever `--threads` says; each value of --concurrency-env is a scenario ("unset" = default 5).
-The workers connect as a role limited to --role-connection-limit connections (default 60), so a
-pool that outgrows Postgres fails here as it would at max_connections. That does not make it
-harmless on a shared server: refused connection attempts still occupy server slots for a moment,
-and a storm of them (AGENT_WORKER_CONCURRENCY=256 with 2 x 256 threads) made other clients see
-"sorry, too many clients already". Run such scenarios on a quiet machine only.
+Connections: each worker process sizes its SQLAlchemy pool itself (at a93e678: min(threads + 2,
+16) plus as much overflow; before that, AGENT_WORKER_CONCURRENCY + 2 plus as much overflow, whatever
+`--threads` said). Each value of --concurrency-env is a scenario ("unset" = the default). The
+workers connect as a role limited to --role-connection-limit connections (default 60: what is left
+of max_connections=100 once the API's 20 + 20 and the scheduler hold theirs), so a pool that
+outgrows Postgres fails here as it would at max_connections. That does not make a connection storm
+harmless on a shared server: refused attempts occupy server slots for a moment, and one
+(AGENT_WORKER_CONCURRENCY=256 before a93e678) made other clients see "sorry, too many clients
+already". Runs whose outcome could not be recorded stay 'running' until their lease expires; the
+script reports them as stuck and stops waiting after --stall seconds without progress.
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ GOAL_RSS_MB = 300.0
 BENCH_ROLE = "agentsched_bench"
 PRIORITY = "medium"
 FINISHED = ("completed", "failed", "cancelled", "skipped")
+#: A run 'running' for longer than this (several times its ideal latency) is not executing.
+STALE_RUNNING_S = 30
 #: What a worker thread is doing, by the first matching frame of its stack (py-spy dump).
 THREAD_STATES = (
     ("waiting for a pooled Postgres connection", "QueuePool._do_get"),
@@ -98,6 +103,9 @@ THREAD_STATES = (
 class Sample:
     t: float
     running: int
+    #: Of those, runs started more than STALE_RUNNING_S ago: stuck (their attempt failed to record
+    #: its outcome), not executing.
+    stale: int
     finished: int
     queued: int
     model_in_flight: int
@@ -252,11 +260,39 @@ def _poll(
         if not worker.alive():
             result.notes.append(f"the worker exited early:\n{worker.log_tail()}")
             break
+        if _stalled(result.samples, args.stall):
+            result.notes.append(
+                f"stopped waiting: nothing finished and no model call ran for {args.stall:.0f} s; "
+                f"{sample.running} runs are stuck 'running' (their lease must expire before anyone "
+                f"may claim them again) and {sample.queued} queued"
+            )
+            break
         time.sleep(args.poll)
     else:
         result.notes.append(f"gave up after {args.timeout:.0f} s")
     if failures:
         result.notes.append(f"{failures} polls failed; the first: {first_failure}")
+
+
+def _stalled(samples: list[Sample], seconds: float) -> bool:
+    """True when for `seconds` no run finished and the model server had nothing in flight."""
+    last = samples[-1]
+    earlier = [s for s in samples if s.t <= last.t - seconds]
+    if not earlier:
+        return False
+    recent = [s for s in samples if s.t >= earlier[-1].t]
+    return all(s.finished == last.finished and s.model_in_flight <= 0 for s in recent)
+
+
+def _stale_running(engine: Any) -> int:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        query = (
+            "SELECT count(*) FROM task_runs"
+            " WHERE status = 'running' AND started_at < now() - make_interval(secs => :s)"
+        )
+        return int(conn.execute(text(query), {"s": STALE_RUNNING_S}).scalar_one())
 
 
 def _sample(engine: Any, worker: Child, port: int) -> Sample:
@@ -268,6 +304,7 @@ def _sample(engine: Any, worker: Child, port: int) -> Sample:
     return Sample(
         t=time.monotonic(),
         running=counts.get("running", 0),
+        stale=_stale_running(engine),
         finished=sum(counts.get(s, 0) for s in FINISHED),
         queued=counts.get("queued", 0),
         model_in_flight=int(stats["in_flight"]),
@@ -369,7 +406,8 @@ def report(args: argparse.Namespace, result: Result) -> dict[str, float]:
     else:
         window = [s for s in samples if start.t <= s.t <= end.t]
         rate = (end.finished - start.finished) / (end.t - start.t)
-        running = median([s.running for s in window])
+        # A thread runs one run at a time: more 'running' rows than threads are stuck ones.
+        running = median([min(s.running - s.stale, total_threads) for s in window])
         model = median([s.model_in_flight for s in window])
         figures = {"rate": rate, "ideal": ideal, "running": running, "model": model}
         print(f"   steady state ({end.t - start.t:.1f} s, {start.finished:,}..{end.finished:,} finished):")
@@ -378,10 +416,17 @@ def report(args: argparse.Namespace, result: Result) -> dict[str, float]:
             f"({total_threads} threads / ({calls_per_run:.2f} calls x {args.delay:g} s))"
         )
         print(
-            f"     runs in flight (status running): median {running:.0f}, "
-            f"max {max(s.running for s in window)}; model calls in flight: median {model:.0f}, "
+            f"     runs in flight (status running, less stuck ones): median {running:.0f}, "
+            f"max {max(min(s.running - s.stale, total_threads) for s in window)}; "
+            f"model calls in flight: median {model:.0f}, "
             f"max {max(s.model_in_flight for s in window)}"
         )
+        stuck = max(max(s.running - total_threads, s.stale) for s in window)
+        if stuck > 0:
+            print(
+                f"     plus up to {stuck} runs stuck 'running' (beyond the threads, or started over "
+                f"{STALE_RUNNING_S} s ago)"
+            )
         verdict = running >= GOAL_IN_FLIGHT and rate >= GOAL_SHARE_OF_IDEAL * ideal
         print(
             f"     goal >= {GOAL_IN_FLIGHT} in flight at >= {GOAL_SHARE_OF_IDEAL:.0%} of ideal: "
@@ -496,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-timeout-ms", type=int, default=300_000)
     parser.add_argument("--poll", type=float, default=0.5)
     parser.add_argument("--timeout", type=float, default=300.0, help="give up on a scenario after this (s)")
+    parser.add_argument(
+        "--stall", type=float, default=20.0, help="give up after this long without progress (s)"
+    )
     parser.add_argument("--log-level", default="INFO", help="the workers' LOG_LEVEL (product default INFO)")
     parser.add_argument("--dumps", type=int, default=6, help="py-spy dumps of a worker in the steady state")
     parser.add_argument("--worker-module", default="actors", help="what `dramatiq` imports (for experiments)")

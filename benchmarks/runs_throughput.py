@@ -274,6 +274,10 @@ def _poll_runs(
                 meter.sample()
         if done >= args.runs or not worker.alive():
             break
+        stalled = [d for t, d in samples if t >= now - args.stall]
+        if samples[0][0] <= now - args.stall and done > 0 and stalled[0] == done:
+            result.notes.append(f"stopped waiting: nothing finished for {args.stall:.0f} s")
+            break
         time.sleep(args.poll)
     if spy is not None:
         result.profile = finish_py_spy(spy, profile_path, args.profile_seconds, PROFILE_FOCUS)
@@ -405,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="give up on one configuration after this (s)"
+    )
+    parser.add_argument(
+        "--stall", type=float, default=30.0, help="give up after this long without progress (s)"
     )
     parser.add_argument("--log-level", default="INFO", help="the workers' LOG_LEVEL (product default INFO)")
     parser.add_argument(

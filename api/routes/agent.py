@@ -21,10 +21,14 @@ from app.services.tasks import CreatedTask, create_task, get_run, is_finished
 SYNC_WAIT_CAP_S = 60.0
 
 
-def _create(state: ApiState, user_id: NamedDependency[uuid.UUID], request: ExecuteRequest) -> CreatedTask:
-    with state.session_factory.begin() as session:
-        created = create_task(session, user_id, request, state.clock.now())
-    state.send(created.dispatches)  # after commit: the run row exists before its message
+def _create(state: ApiState, user_id: uuid.UUID, request: ExecuteRequest) -> CreatedTask:
+    if request.schedule is None:  # one statement: no BEGIN/COMMIT round trips
+        with state.autocommit_sessions() as session:
+            created = create_task(session, user_id, request, state.clock.now())
+    else:
+        with state.session_factory.begin() as session:
+            created = create_task(session, user_id, request, state.clock.now())
+    state.send_recorded(created.dispatches)  # after commit: the run row exists before its message
     return created
 
 
@@ -37,8 +41,9 @@ async def execute(
     payload = await read_json(request)
     parsed = parse_execute_request(payload, default_timezone=state.settings.default_timezone)
     created = await anyio.to_thread.run_sync(_create, state, user_id, parsed)
-    task, run = created.task, created.run
-    if run is None:
+    task, run_id = created.task, created.run_id
+    if run_id is None:
+        assert task is not None
         return Response(
             {
                 "taskId": str(task.id),
@@ -48,10 +53,10 @@ async def execute(
             },
             status_code=201,
         )
-    queued = {"taskId": str(task.id), "runId": str(run.id), "status": "queued"}
+    queued = {"taskId": str(created.task_id), "runId": str(run_id), "status": created.status}
     if not parsed.wait:
         return Response(queued, status_code=202)
-    return await _wait_for(state, user_id, run.id, parsed.agent_config["timeout"] / 1000, queued)
+    return await _wait_for(state, user_id, run_id, parsed.agent_config["timeout"] / 1000, queued)
 
 
 async def _wait_for(

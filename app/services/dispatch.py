@@ -36,6 +36,8 @@ class Dispatch:
     run_id: uuid.UUID
     priority: str
     delay_ms: int = 0
+    #: Chosen before the send when the run row already records it (see `tasks.create_task`).
+    message_id: str | None = None
 
 
 _MARK_SENT = text(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.agents.registry import AGENT_TYPES, get_agent
@@ -24,6 +26,8 @@ from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+#: Pauses between tries to record an outcome while Postgres is unreachable (then Dramatiq retries).
+RECORD_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
 #: A cancellation is looked up before a model call at most this often (seconds).
 CANCEL_CHECK_INTERVAL_S = 0.2
 
@@ -48,6 +52,20 @@ def execute_run(env: RunEnvironment, run_id: uuid.UUID) -> Dispatch | None:
     if claimed is None:
         return None
     outcome = _attempt(env, claimed)
+    for pause_s in (*RECORD_RETRY_PAUSES_S, None):
+        try:
+            return _record(env, claimed, outcome)
+        except (OperationalError, InterfaceError):
+            if pause_s is None:
+                raise  # Dramatiq redelivers; the claim waits for the lease to expire
+            logger.warning("run %s: recording its outcome failed; trying again", run_id, exc_info=True)
+            time.sleep(pause_s)
+    return None
+
+
+def _record(env: RunEnvironment, claimed: ClaimedRun, outcome: Outcome) -> Dispatch | None:
+    """Write the attempt's outcome: a retry for later, or the run's end."""
+    run_id = claimed.run_id
     now = env.clock.now()
     with env.session_factory.begin() as session:
         if outcome.error_code and outcome.retryable and claimed.attempt < claimed.max_attempts:
@@ -69,11 +87,8 @@ def execute_run(env: RunEnvironment, run_id: uuid.UUID) -> Dispatch | None:
         if not finish(session, claimed, outcome, tokens_per_credit=env.settings.tokens_per_credit, now=now):
             logger.warning("run %s attempt %d lost its claim; outcome discarded", run_id, claimed.attempt)
         else:
-            logger.info(
-                "run %s %s after %d attempt(s)",
-                run_id,
-                outcome.error_code or "completed",
-                claimed.attempt,
+            logger.debug(
+                "run %s %s after %d attempt(s)", run_id, outcome.error_code or "completed", claimed.attempt
             )
     return None
 
@@ -165,7 +180,11 @@ def _cancel_probe(env: RunEnvironment, run_id: uuid.UUID) -> Callable[[], bool]:
         if env.clock.monotonic() - last_check < CANCEL_CHECK_INTERVAL_S:
             return False
         last_check = env.clock.monotonic()
-        with env.session_factory() as session:
-            return bool(session.scalar(select(TaskRun.cancel_requested).where(TaskRun.id == run_id)))
+        try:
+            with env.session_factory() as session:
+                return bool(session.scalar(select(TaskRun.cancel_requested).where(TaskRun.id == run_id)))
+        except SQLAlchemyError:
+            logger.warning("run %s: could not look for a cancellation; going on", run_id, exc_info=True)
+            return False
 
     return should_stop

@@ -12,6 +12,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -57,6 +58,14 @@ class Outcome:
     retryable: bool = False
 
 
+def run_limits(agent_config: dict[str, Any] | None) -> tuple[int, int]:
+    """(max attempts, timeout in ms) of a run of a task with this agentConfig."""
+    config = agent_config or {}
+    return 1 + int(config.get("maxRetries", DEFAULT_MAX_RETRIES)), int(
+        config.get("timeout", DEFAULT_TIMEOUT_MS)
+    )
+
+
 def new_run(
     task: Task,
     *,
@@ -65,7 +74,7 @@ def new_run(
     status: RunStatus = RunStatus.QUEUED,
 ) -> TaskRun:
     """A run row for `task`, with its limits copied so later task edits don't change it."""
-    config = task.agent_config or {}
+    max_attempts, timeout_ms = run_limits(task.agent_config)
     return TaskRun(
         id=uuid.uuid4(),
         task_id=task.id,
@@ -75,8 +84,8 @@ def new_run(
         status=status.value,
         priority=task.priority,
         attempts=0,
-        max_attempts=1 + int(config.get("maxRetries", DEFAULT_MAX_RETRIES)),
-        timeout_ms=int(config.get("timeout", DEFAULT_TIMEOUT_MS)),
+        max_attempts=max_attempts,
+        timeout_ms=timeout_ms,
         cancel_requested=False,
         tokens_used=0,
         credits_used=0,

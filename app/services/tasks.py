@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.errors import InvalidInput, NotFound
 from app.models import Task, TaskRun, User
-from app.models.enums import RunStatus, TaskStatus, Trigger
+from app.models.enums import RunStatus, TaskStatus
 from app.services.dispatch import Dispatch
-from app.services.runs import new_run
+from app.services.runs import run_limits
 from app.services.task_input import ExecuteRequest
 
 T = TypeVar("T")
@@ -28,15 +29,75 @@ RECENT_RUNS = 10
 
 @dataclass
 class CreatedTask:
-    task: Task
-    run: TaskRun | None
+    task_id: uuid.UUID
+    status: str
+    #: The run queued now (None for a scheduled task).
+    run_id: uuid.UUID | None = None
+    #: The stored task, for a scheduled one (its schedule and nextRunAt are answered).
+    task: Task | None = None
     #: Messages to send once the transaction has committed.
     dispatches: list[Dispatch] = field(default_factory=list)
 
 
+# A task and its first run in one statement. The run records the id of the message about to be
+# sent for it: should that send fail, the id is missing from Redis and the reconciler resends.
+_CREATE_WITH_RUN = text(
+    """
+    WITH task AS (
+        INSERT INTO tasks (id, user_id, title, description, agent_type, status, priority,
+                           agent_config, schedule_enabled, tokens_used, credits_used,
+                           created_at, updated_at)
+        VALUES (:task_id, :user_id, :title, :goal, :agent_type, 'queued', :priority,
+                CAST(:agent_config AS jsonb), false, 0, 0, :now, :now)
+        RETURNING id
+    )
+    INSERT INTO task_runs (id, task_id, user_id, trigger, status, priority, attempts, max_attempts,
+                           timeout_ms, queued_at, cancel_requested, tokens_used, credits_used,
+                           credits_reserved, message_id, message_sent_at)
+    SELECT :run_id, task.id, :user_id, 'api', 'queued', :priority, 0, :max_attempts, :timeout_ms,
+           :now, false, 0, 0, 0, :message_id, :now
+      FROM task
+    """
+)
+
+
 def create_task(session: Session, user_id: uuid.UUID, request: ExecuteRequest, now: datetime) -> CreatedTask:
-    """Store the task; queue its run now unless it is scheduled. The caller commits, then sends."""
+    """Store the task; queue its run now unless it is scheduled. The caller commits, then sends.
+
+    An immediate run is one statement, so a caller may run it on an autocommit session.
+    """
+    if request.schedule is not None:
+        return _create_scheduled(session, user_id, request, now)
+    task_id, run_id, message_id = uuid.uuid4(), uuid.uuid4(), str(uuid.uuid4())
+    max_attempts, timeout_ms = run_limits(request.agent_config)
+    session.execute(
+        _CREATE_WITH_RUN,
+        {
+            "task_id": task_id,
+            "run_id": run_id,
+            "user_id": user_id,
+            "title": request.title,
+            "goal": request.goal,
+            "agent_type": request.agent_type,
+            "priority": request.priority.value,
+            "agent_config": json.dumps(request.agent_config),
+            "max_attempts": max_attempts,
+            "timeout_ms": timeout_ms,
+            "message_id": message_id,
+            "now": now,
+        },
+    )
+    dispatch = Dispatch(run_id, request.priority.value, message_id=message_id)
+    return CreatedTask(task_id, TaskStatus.QUEUED.value, run_id, None, [dispatch])
+
+
+def _create_scheduled(
+    session: Session, user_id: uuid.UUID, request: ExecuteRequest, now: datetime
+) -> CreatedTask:
+    from app.services.schedules import apply_schedule
+
     schedule = request.schedule
+    assert schedule is not None
     task = Task(
         id=uuid.uuid4(),
         user_id=user_id,
@@ -45,30 +106,16 @@ def create_task(session: Session, user_id: uuid.UUID, request: ExecuteRequest, n
         agent_type=request.agent_type,
         priority=request.priority.value,
         agent_config=request.agent_config,
+        status=TaskStatus.PENDING.value,
         tokens_used=0,
         credits_used=0,
         created_at=now,
         updated_at=now,
     )
-    if schedule is not None:
-        from app.services.schedules import apply_schedule
-
-        task.status = TaskStatus.PENDING.value
-        apply_schedule(
-            task, enabled=schedule.enabled, cron=schedule.cron, timezone=schedule.timezone, now=now
-        )
-        session.add(task)
-        session.flush()
-        return CreatedTask(task, None)
-    task.status = TaskStatus.QUEUED.value
-    task.schedule_enabled = False
-    run = new_run(task, trigger=Trigger.API)
-    run.queued_at = now
+    apply_schedule(task, enabled=schedule.enabled, cron=schedule.cron, timezone=schedule.timezone, now=now)
     session.add(task)
-    session.flush()  # the task row first: runs reference it
-    session.add(run)
     session.flush()
-    return CreatedTask(task, run, [Dispatch(run.id, run.priority)])
+    return CreatedTask(task.id, task.status, None, task)
 
 
 def get_task(session: Session, user_id: uuid.UUID, task_id: uuid.UUID, *, for_update: bool = False) -> Task:
