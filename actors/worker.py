@@ -9,6 +9,8 @@ import threading
 from typing import Any
 
 from dramatiq.middleware import Middleware
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.db import make_engine, make_session_factory
 from app.providers import make_provider
@@ -47,12 +49,24 @@ def run_environment(threads: int | None = None) -> RunEnvironment:
                     autocommit=True,
                     pool_timeout=60,
                 )
+                _warm_up(engine, min(threads + 2, WORKER_DB_POOL_MAX))
                 _environment = RunEnvironment(
                     session_factory=make_session_factory(engine),
                     provider=make_provider(_settings),
                     settings=_settings,
                 )
     return _environment
+
+
+def _warm_up(engine: Engine, connections: int) -> None:
+    """Open the pool's connections at boot, so the first burst of runs does not wait for them."""
+    try:
+        opened = [engine.connect() for _ in range(connections)]
+    except SQLAlchemyError:
+        logger.warning("could not open database connections at start; runs will retry", exc_info=True)
+        return
+    for connection in opened:
+        connection.close()
 
 
 def _started_by_dramatiq_cli_without_threads() -> bool:

@@ -94,14 +94,12 @@ def make_engine(pool_size: int = 8) -> Any:
     return make_app_engine(load_settings(database_url=DATABASE_URL), pool_size=pool_size)
 
 
-def create_user(engine: Any) -> Any:
+def create_user(engine: Any, email: str = "bench@example.com") -> Any:
     from app.db import make_session_factory
     from app.services import accounts
 
     with make_session_factory(engine).begin() as session:
-        user = accounts.create_user(
-            session, email="bench@example.com", plan="enterprise", monthly_credits=2_000_000_000
-        )
+        user = accounts.create_user(session, email=email, plan="enterprise", monthly_credits=2_000_000_000)
         return user.id
 
 

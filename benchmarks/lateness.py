@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=1_000)
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument("--threads", type=int, default=16, help="threads per worker process")
+    parser.add_argument("--users", type=int, default=1, help="owners the tasks are spread over")
     parser.add_argument("--lead", type=float, default=15.0, help="seconds at least before the slot")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every run")
     args = parser.parse_args(argv)
@@ -62,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = make_engine()
     slot = (datetime.now(UTC) + timedelta(seconds=args.lead + 60)).replace(second=0, microsecond=0)
     pairs = herd_expressions(slot, 300)
-    seed_scheduled_tasks(engine, create_user(engine), args.tasks, pairs, slot)
+    for index in range(args.users):
+        share = args.tasks // args.users + (1 if index < args.tasks % args.users else 0)
+        owner = create_user(engine, f"bench-{index}@example.com")
+        seed_scheduled_tasks(engine, owner, share, pairs, slot)
     vacuum_analyze(engine)
     logs = Path(tempfile.mkdtemp(prefix="agentsched-lateness-"))
     print(
@@ -110,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for child in reversed(children):
             child.stop()
         engine.dispose()
-    print(f"workers: {args.processes} processes x {args.threads} threads, offline model")
+    print(
+        f"workers: {args.processes} processes x {args.threads} threads, offline model; {args.users} user(s)"
+    )
     print(
         f"runs: {total:,}, all started and finished; every message in Redis {all_sent * 1000:.0f} ms "
         "after the slot"
