@@ -13,7 +13,8 @@ import psycopg
 import pytest
 import redis
 
-from app.embedded import Services, ensure_services, libpq_url, pid_alive
+from app.embedded import Services, ensure_services
+from app.embedded.common import libpq_url, pid_alive
 
 # Nothing listens on ports 1 and 2, so the configured services count as unreachable.
 UNREACHABLE_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:1/agentsched"
