@@ -10,8 +10,9 @@ product's sender `actors.sending.send_dispatches`) and stops when it returns; th
 checks that N runs exist, each with `message_sent_at`, and that N messages are in Redis.
 With --passes P, P passes race over the same tasks (threads, as several schedulers would).
 
-Everything here uses the database `agentsched_bench` (dropped, created and migrated by the
-script) and Redis db 13 (flushed); `lateness.py` and `scheduler_memory.py` share these helpers.
+Everything here uses the benchmarks' shared database and Redis db (`benchmarks/common.py`:
+dropped, created, migrated and flushed by the script); `lateness.py` and `scheduler_memory.py`
+share these helpers.
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-BENCH_DATABASE = "agentsched_bench"
-REDIS_DB = 13
-PG_SERVER = os.environ.get("BENCH_PG_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432")
-DATABASE_URL = f"{PG_SERVER}/{BENCH_DATABASE}"
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+from benchmarks.common import (
+    DATABASE_URL,
+    PROJECT_ROOT,
+    REDIS_URL,
+    bench_environment,
+    use_bench_environment,
+)
+from benchmarks.common import recreate_database as recreate_shared_database
+
 ZONES = (
     "UTC", "Europe/London", "Europe/Paris", "Europe/Moscow", "Africa/Cairo", "Africa/Lagos",
     "Asia/Dubai", "Asia/Kolkata", "Asia/Kathmandu", "Asia/Shanghai", "Asia/Tokyo", "Asia/Singapore",
@@ -46,42 +50,11 @@ ZONES = (
 )  # fmt: skip
 
 
-def bench_environment(**overrides: str) -> dict[str, str]:
-    """The environment of this script and its children: the benchmark database and Redis db."""
-    env = dict(os.environ)
-    for name in ("REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "LLM_BASE_URL", "LLM_API_KEY"):
-        env.pop(name, None)
-    env.update(
-        DATABASE_URL=DATABASE_URL,
-        REDIS_URL=REDIS_URL,
-        LLM_PROVIDER="offline",
-        PYTHONPATH=str(PROJECT_ROOT),
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(overrides)
-    return env
-
-
-def use_bench_environment(**overrides: str) -> None:
-    """Point this process at the benchmark database and Redis db (before importing `actors`)."""
-    os.environ.update(bench_environment(**overrides))
-    os.chdir(PROJECT_ROOT)
-    if str(PROJECT_ROOT) not in sys.path:
-        sys.path.insert(0, str(PROJECT_ROOT))
-
-
 def recreate_database() -> None:
-    """Drop and create `agentsched_bench`, then build it with the migrations; flush Redis db 13."""
-    import psycopg
+    """The shared benchmark database, rebuilt with the migrations; its Redis db flushed."""
     import redis
 
-    from app.migrate import upgrade_to_head
-    from app.services.run_events import libpq_conninfo
-
-    with psycopg.connect(libpq_conninfo(f"{PG_SERVER}/postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
-    upgrade_to_head(DATABASE_URL)
+    recreate_shared_database()
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     client.close()
