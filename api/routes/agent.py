@@ -17,9 +17,6 @@ from api.state import ApiState
 from app.services.task_input import ExecuteRequest, parse_execute_request
 from app.services.tasks import CreatedTask, create_task, get_run, is_finished
 
-#: A waiting request answers 202 after at most this long, whatever the run's timeout.
-SYNC_WAIT_CAP_S = 60.0
-
 
 def _create(state: ApiState, user_id: uuid.UUID, request: ExecuteRequest) -> CreatedTask:
     if request.schedule is None:  # one statement: no BEGIN/COMMIT round trips
@@ -56,7 +53,7 @@ async def execute(
     queued = {"taskId": str(created.task_id), "runId": str(run_id), "status": created.status}
     if not parsed.wait:
         return Response(queued, status_code=202)
-    return await _wait_for(state, user_id, run_id, parsed.agent_config["timeout"] / 1000, queued)
+    return await _wait_for(state, user_id, run_id, parsed.wait_s, queued)
 
 
 async def _wait_for(
@@ -73,7 +70,7 @@ async def _wait_for(
     async def finished() -> bool:
         return is_finished(await anyio.to_thread.run_sync(read))
 
-    if not await state.waiter.wait(str(run_id), min(timeout_s, SYNC_WAIT_CAP_S), finished):
+    if not await state.waiter.wait(str(run_id), timeout_s, finished):
         return Response(queued, status_code=202)
     view = run_view(await anyio.to_thread.run_sync(read))
     return Response(

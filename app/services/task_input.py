@@ -18,6 +18,9 @@ MAX_RETRIES_RANGE = (0, 10)
 DEFAULT_MAX_RETRIES = 3
 MODEL_MAX_CHARS = 200
 
+#: A request without `async` waits for its run at most this long (then answers 202).
+SYNC_WAIT_CAP_MS = 60_000
+
 EXECUTE_FIELDS = frozenset({"goal", "agentType", "title", "priority", "async", "schedule", "agentConfig"})
 SCHEDULE_FIELDS = frozenset({"enabled", "cron", "timezone"})
 AGENT_CONFIG_FIELDS = frozenset({"timeout", "maxRetries", "model"})
@@ -39,6 +42,11 @@ class ExecuteRequest:
     wait: bool
     schedule: ScheduleInput | None
     agent_config: dict[str, Any]
+
+    @property
+    def wait_s(self) -> float:
+        """How long the request waits for its run: min(timeout, 60 s)."""
+        return min(int(self.agent_config["timeout"]), SYNC_WAIT_CAP_MS) / 1000
 
 
 class _Errors:

@@ -71,3 +71,12 @@ def test_a_bad_timezone_names_the_schedule_field():
 )
 def test_a_plan_is_read_from_json_or_falls_back_to_lines(answer, steps):
     assert parse_plan(answer, max_steps=5) == steps
+
+
+def test_a_waiting_request_waits_for_its_timeout_but_never_more_than_a_minute():
+    def wait_for(timeout_ms: int) -> float:
+        body = {"goal": "g", "agentType": "research_agent", "agentConfig": {"timeout": timeout_ms}}
+        return parse_execute_request(body, default_timezone="UTC").wait_s
+
+    assert wait_for(5_000) == 5.0
+    assert wait_for(3_600_000) == 60.0
