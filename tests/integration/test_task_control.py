@@ -24,7 +24,7 @@ SCHEDULED = {
     "agentType": "research_agent",
     "schedule": {"enabled": True, "cron": "0 9 * * *", "timezone": "America/New_York"},
 }
-VECTORS = json.loads((Path(__file__).parents[2].parent / "shared" / "data" / "cron-vectors.json").read_text())
+VECTORS = json.loads((Path(__file__).parents[1] / "data" / "cron-vectors.json").read_text())
 
 
 def _parse(value: str) -> datetime:
