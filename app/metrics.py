@@ -1,0 +1,127 @@
+"""Every Prometheus metric of agentsched, defined once, in one registry.
+
+Counters and histograms are recorded in whichever process does the work (API, worker,
+scheduler) and reach the API's ``/metrics`` through Redis (see :mod:`app.metrics_sharing`).
+Gauges describe shared state (queue depth, scheduler heartbeats); the API sets them from Redis
+when it is scraped, so they are never shared between processes.
+
+To add a metric: define it here on :data:`REGISTRY` with a ``agentsched_`` name, bounded
+labels, and (for a histogram) its buckets; record it where the work happens. Nothing else is
+needed for it to appear on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Bucket bounds, in seconds.
+RUN_DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+MODEL_CALL_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+LATENESS_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
+HTTP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# -- counters
+
+RUNS = Counter(
+    "agentsched_runs",
+    "Runs that reached an end, by final status (completed, failed, cancelled) and agent type.",
+    ("status", "agent_type"),
+    registry=REGISTRY,
+)
+MODEL_CALLS = Counter(
+    "agentsched_model_calls",
+    "Model calls, by outcome (ok, error, timeout).",
+    ("outcome",),
+    registry=REGISTRY,
+)
+TOKENS = Counter(
+    "agentsched_tokens",
+    "Model tokens as providers report them, by kind (prompt, completion, cached); "
+    "cached tokens are part of prompt tokens.",
+    ("kind",),
+    registry=REGISTRY,
+)
+
+# -- histograms
+
+RUN_DURATION = Histogram(
+    "agentsched_run_duration_seconds",
+    "Duration of one attempt of a run, from its claim to its outcome, by status "
+    "(completed, failed, cancelled, retrying).",
+    ("status",),
+    buckets=RUN_DURATION_BUCKETS_S,
+    registry=REGISTRY,
+)
+MODEL_CALL_DURATION = Histogram(
+    "agentsched_model_call_duration_seconds",
+    "Latency of one model call, by outcome (ok, error, timeout).",
+    ("outcome",),
+    buckets=MODEL_CALL_BUCKETS_S,
+    registry=REGISTRY,
+)
+SCHEDULE_LATENESS = Histogram(
+    "agentsched_schedule_lateness_seconds",
+    "Scheduled runs: time from their slot to the start of their first attempt.",
+    buckets=LATENESS_BUCKETS_S,
+    registry=REGISTRY,
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "agentsched_http_request_duration_seconds",
+    "API requests, by method, route template and status code.",
+    ("method", "route", "status"),
+    buckets=HTTP_BUCKETS_S,
+    registry=REGISTRY,
+)
+
+# -- gauges (set by the API at scrape time, from Redis)
+
+QUEUE_DEPTH = Gauge(
+    "agentsched_queue_depth",
+    "Run messages waiting in each priority's Redis queue, not yet taken by a worker.",
+    ("priority",),
+    registry=REGISTRY,
+)
+SCHEDULER_HEARTBEAT_AGE = Gauge(
+    "agentsched_scheduler_heartbeat_age_seconds",
+    "Seconds since the freshest scheduler heartbeat; +Inf when no scheduler is alive.",
+    registry=REGISTRY,
+)
+
+
+def record_model_call(
+    outcome: str,
+    seconds: float,
+    *,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    cached_tokens: int = 0,
+) -> None:
+    """One model call ended (`outcome` ok, error or timeout) after `seconds`."""
+    MODEL_CALLS.labels(outcome).inc()
+    MODEL_CALL_DURATION.labels(outcome).observe(seconds)
+    for kind, count in (
+        ("prompt", prompt_tokens),
+        ("completion", completion_tokens),
+        ("cached", cached_tokens),
+    ):
+        if count > 0:
+            TOKENS.labels(kind).inc(count)
+
+
+def record_attempt(status: str, seconds: float, *, agent_type: str, final: bool) -> None:
+    """One attempt of a run ended; `final` when it was the run's end (no retry follows)."""
+    RUN_DURATION.labels(status).observe(seconds)
+    if final:
+        RUNS.labels(status, agent_type).inc()
+
+
+def record_run_ended(status: str, agent_type: str) -> None:
+    """A run ended without an attempt (cancelled before it started, no credits, ...)."""
+    RUNS.labels(status, agent_type).inc()
+
+
+def record_lateness(seconds: float) -> None:
+    """A scheduled run started `seconds` after its slot."""
+    SCHEDULE_LATENESS.observe(max(0.0, seconds))
