@@ -54,5 +54,8 @@ def test_a_fresh_clone_collects_the_whole_suite_without_errors(fresh_clone: Path
     assert collected.returncode == 0, output[-4000:]
     summary = output.strip().splitlines()[-1]
     assert "error" not in summary.lower(), output[-4000:]
-    assert summary.split()[0].isdigit() and int(summary.split()[0]) > 0, summary
-    assert "tests/integration/" in output and "tests/unit/" in output, output[-4000:]
+    count = summary.split()[0]
+    assert count.isdigit(), summary
+    assert int(count) > 0, summary
+    assert "tests/integration/" in output, output[-4000:]
+    assert "tests/unit/" in output, output[-4000:]
