@@ -12,10 +12,20 @@ from litestar.status_codes import (
     HTTP_401_UNAUTHORIZED,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
 )
 
-from app.errors import AppError, Conflict, InvalidInput, NotAuthenticated, NotFound
+from app.errors import (
+    AppError,
+    Conflict,
+    IdempotencyKeyReused,
+    InvalidInput,
+    NotAuthenticated,
+    NotFound,
+    RateLimited,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +34,8 @@ STATUS_BY_ERROR: dict[type[AppError], int] = {
     NotAuthenticated: HTTP_401_UNAUTHORIZED,
     NotFound: HTTP_404_NOT_FOUND,
     Conflict: HTTP_409_CONFLICT,
+    IdempotencyKeyReused: HTTP_422_UNPROCESSABLE_ENTITY,
+    RateLimited: HTTP_429_TOO_MANY_REQUESTS,
 }
 
 
@@ -40,6 +52,8 @@ def app_error_handler(_: Request[Any, Any, Any], exc: AppError) -> Response[dict
     if isinstance(exc, InvalidInput):
         body["fields"] = exc.fields
     headers = {"WWW-Authenticate": "Bearer"} if status == HTTP_401_UNAUTHORIZED else None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after_s), **exc.headers}
     if status == HTTP_500_INTERNAL_SERVER_ERROR:
         logger.error("unmapped domain error: %s", exc)
     return Response(body, status_code=status, headers=headers)

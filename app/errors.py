@@ -51,6 +51,23 @@ class Conflict(AppError):
     code = "conflict"
 
 
+class IdempotencyKeyReused(AppError):
+    """An `Idempotency-Key` sent again with a different request."""
+
+    code = "idempotency_key_reused"
+
+
+class RateLimited(AppError):
+    """Too many requests in the window; `retry_after_s` says when to try again."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.headers = dict(headers or {})
+
+
 class RunFailure(AppError):
     """An attempt of a run failed; `retryable` says whether another attempt may help."""
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import SYSTEM_CLOCK, Clock
 from app.services.dispatch import Dispatch
+from app.services.idempotency import delete_expired as delete_expired_keys
 from app.services.reconcile import ReconcileResult, reconcile
 from app.services.scheduling import PassResult, run_scheduling_pass
 from app.services.stats import (
@@ -34,6 +35,8 @@ STATUS_INTERVAL_S = 30
 #: after the process dies.
 HEARTBEAT_INTERVAL_S = 10
 HEARTBEAT_TTL_S = 30
+#: Expired idempotency keys are deleted this often.
+IDEMPOTENCY_CLEANUP_INTERVAL_S = 600
 #: Jobs run on this many threads; each job has max_instances=1, so they never pile up.
 EXECUTOR_THREADS = 4
 
@@ -68,6 +71,12 @@ def reconcile_runs(ctx: SchedulerContext) -> ReconcileResult:
         grace_ms=ctx.settings.reconcile_grace_ms,
         lease_grace_ms=ctx.settings.run_lease_grace_ms,
     )
+
+
+def expire_idempotency_keys(ctx: SchedulerContext) -> int:
+    """Delete idempotency keys past their 24 h."""
+    with ctx.session_factory.begin() as session:
+        return delete_expired_keys(session, ctx.clock.now())
 
 
 def log_status(ctx: SchedulerContext) -> None:
@@ -119,6 +128,15 @@ def add_jobs(scheduler: BaseScheduler, ctx: SchedulerContext) -> None:
         args=[ctx],
         id="reconcile",
         name="reconciler",
+        replace_existing=True,
+        **common,
+    )
+    scheduler.add_job(
+        expire_idempotency_keys,
+        IntervalTrigger(seconds=IDEMPOTENCY_CLEANUP_INTERVAL_S, timezone="UTC"),
+        args=[ctx],
+        id="idempotency_cleanup",
+        name="idempotency key cleanup",
         replace_existing=True,
         **common,
     )

@@ -12,6 +12,7 @@ from litestar.di import NamedDependency, Provide
 
 from api.auth import current_user_id
 from api.body import read_json
+from api.idempotency import idempotent
 from api.schemas.views import iso, run_view, schedule_view
 from api.state import ApiState
 from app.services.task_input import ExecuteRequest, parse_execute_request
@@ -33,7 +34,14 @@ def _create(state: ApiState, user_id: uuid.UUID, request: ExecuteRequest) -> Cre
 async def execute(
     request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID]
 ) -> Response[dict[str, Any]]:
-    """Create a task. Scheduled: 201. Async: 202 with the queued run. Otherwise wait for it."""
+    """Create a task. Scheduled: 201. Async: 202 with the queued run. Otherwise wait for it.
+
+    With an `Idempotency-Key`, a repeat within 24 h answers the first answer again.
+    """
+    return await idempotent(request, user_id, lambda: _execute(request, user_id))
+
+
+async def _execute(request: Request[Any, Any, State], user_id: uuid.UUID) -> Response[dict[str, Any]]:
     state: ApiState = request.app.state.api
     payload = await read_json(request)
     parsed = parse_execute_request(payload, default_timezone=state.settings.default_timezone)

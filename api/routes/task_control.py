@@ -13,6 +13,7 @@ from litestar.params import FromPath
 
 from api.auth import current_user_id
 from api.body import read_json
+from api.idempotency import idempotent
 from api.schemas.views import task_view
 from api.state import ApiState
 from app.services import task_control
@@ -42,18 +43,25 @@ async def update_task(
     return await anyio.to_thread.run_sync(apply, update)
 
 
-@post("/api/tasks/{task_id:uuid}/run", dependencies=USER, sync_to_thread=True)
-def run_task_now(
+@post("/api/tasks/{task_id:uuid}/run", dependencies=USER)
+async def run_task_now(
     request: Request[Any, Any, State],
     user_id: NamedDependency[uuid.UUID],
     task_id: FromPath[uuid.UUID],
 ) -> Response[dict[str, Any]]:
-    """Queue a run now, outside the schedule."""
+    """Queue a run now, outside the schedule (once per `Idempotency-Key`)."""
     state: ApiState = request.app.state.api
-    with state.session_factory.begin() as session:
-        run, dispatch = task_control.run_now(session, user_id, task_id, now=state.clock.now())
-    state.send([dispatch])
-    return Response({"taskId": str(task_id), "runId": str(run.id), "status": run.status}, status_code=202)
+
+    def run_now() -> Response[dict[str, Any]]:
+        with state.session_factory.begin() as session:
+            run, dispatch = task_control.run_now(session, user_id, task_id, now=state.clock.now())
+        state.send([dispatch])
+        return Response({"taskId": str(task_id), "runId": str(run.id), "status": run.status}, status_code=202)
+
+    async def answer() -> Response[dict[str, Any]]:
+        return await anyio.to_thread.run_sync(run_now)
+
+    return await idempotent(request, user_id, answer)
 
 
 @post("/api/tasks/{task_id:uuid}/cancel", dependencies=USER, sync_to_thread=True)

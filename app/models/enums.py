@@ -13,6 +13,8 @@ class Plan(StrEnum):
 
 #: Monthly credits a plan starts with; enterprise is set per user.
 PLAN_CREDITS: dict[Plan, int] = {Plan.FREE: 100, Plan.PRO: 12_000, Plan.ENTERPRISE: 100_000}
+#: Runs of one user that may run at once, by plan (`plan set --concurrency` sets another).
+PLAN_CONCURRENCY: dict[Plan, int] = {Plan.FREE: 1, Plan.PRO: 5, Plan.ENTERPRISE: 20}
 
 
 class Priority(StrEnum):
@@ -44,6 +46,18 @@ class RunStatus(StrEnum):
 FINAL_RUN_STATUSES = frozenset(
     {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED}
 )
+
+
+class StepKind(StrEnum):
+    PLAN = "plan"
+    STEP = "step"
+    FINAL = "final"
+
+
+class StepStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
 
 
 class Trigger(StrEnum):

@@ -50,6 +50,13 @@ class TaskRun(Base):
             "task_id",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
+        # A user's runs waiting for a slot, released in priority then FIFO order.
+        Index(
+            "ix_task_runs_parked_user_id",
+            "user_id",
+            "queued_at",
+            postgresql_where=text("status = 'queued' AND parked_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(
@@ -79,10 +86,27 @@ class TaskRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: A running attempt past this time belongs to a dead worker and may be claimed again.
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Set while a queued run waits in Postgres for one of its user's slots (it has no message
+    #: then; a run of the user that ends releases it, see app.services.concurrency).
+    parked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     tokens_used: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     credits_used: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     #: Credits this run holds on its user until it ends.
     credits_reserved: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: Tokens the provider reported past the run's token budget (not charged: the charge is
+    #: capped at the reservation).
+    tokens_over_budget: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    #: Token kinds as the provider reported them, summed over the run's model calls (cached
+    #: tokens are part of the prompt tokens); `tokens_used` is prompt + completion.
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    #: Steps (`run_steps` rows) completed.
+    step_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: The run's last event number (every status change and step write takes the next one),
+    #: and the number of its last status change; the live event stream is ordered by them.
+    event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    status_seq: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     result: Mapped[str | None] = mapped_column(Text)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 
-from sqlalchemy import CheckConstraint, Date, DateTime, ForeignKey, Integer, String, func, text
+from sqlalchemy import Boolean, CheckConstraint, Date, DateTime, ForeignKey, Integer, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -15,6 +15,7 @@ class User(Base):
     __table_args__ = (
         CheckConstraint(f"plan IN ({sql_in(Plan)})", name="plan"),
         CheckConstraint("credits_used >= 0 AND credits_reserved >= 0", name="credits_nonnegative"),
+        CheckConstraint("max_concurrent_runs >= 0 AND running_runs >= 0", name="concurrency_nonnegative"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(
@@ -31,6 +32,17 @@ class User(Base):
         Date, server_default=text("(date_trunc('month', now()))::date")
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    #: Runs of this user that may be `running` at once (plan default, `plan set --concurrency`).
+    max_concurrent_runs: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    #: Runs of this user now `running`; kept by triggers on task_runs (migration 0006).
+    running_runs: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: Webhook signing secret (`whsec_...`), stored as is: it must be usable for HMAC signing.
+    webhook_secret: Mapped[str | None] = mapped_column(String(64))
+    #: The secret before the last rotation, which also signs until `webhook_secret_previous_until`.
+    webhook_secret_previous: Mapped[str | None] = mapped_column(String(64))
+    webhook_secret_previous_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: May open the dashboard's operations page (`agentsched users admin --email E`).
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class ApiKey(Base):
@@ -45,5 +57,9 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     #: The first characters of the key, so a user can tell keys apart.
     prefix: Mapped[str] = mapped_column(String(16))
+    #: The owner's label for the key ("laptop", "ci"); may be empty.
+    name: Mapped[str] = mapped_column(String(100), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    #: When the key last authenticated a request, to the minute (written at most once a minute).
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

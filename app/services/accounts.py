@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput, NotAuthenticated, NotFound
 from app.models import ApiKey, User
-from app.models.enums import PLAN_CREDITS, Plan
+from app.models.enums import PLAN_CONCURRENCY, PLAN_CREDITS, Plan
 
 API_KEY_PREFIX = "ask_"
 
@@ -41,6 +41,7 @@ def create_user(
         email=email,
         plan=chosen.value,
         monthly_credits=PLAN_CREDITS[chosen] if monthly_credits is None else monthly_credits,
+        max_concurrent_runs=PLAN_CONCURRENCY[chosen],
         credits_used=0,
         credits_reserved=0,
     )
