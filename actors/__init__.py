@@ -19,6 +19,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from actors.heartbeat import WorkerHeartbeat
 from actors.worker import WorkerSetup
 from app.errors import ConfigurationError
 from app.logging import configure_logging
@@ -44,6 +45,7 @@ broker = RedisBroker(  # type: ignore[no-untyped-call]
         Pipelines(),
         Retries(max_retries=INFRASTRUCTURE_MAX_RETRIES, min_backoff=1_000, max_backoff=60_000),
         WorkerSetup(settings),
+        WorkerHeartbeat(),
     ],
 )
 dramatiq.set_broker(broker)

@@ -11,11 +11,16 @@ from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 
 from api.errors import EXCEPTION_HANDLERS
+from api.http_metrics import HttpMetricsMiddleware
+from api.rate_limit import RateLimitMiddleware
 from api.routes import agent, health, metrics, operations, schedules, task_control, tasks
+from api.routes import keys as key_routes
+from api.routes import webhooks as webhook_routes
 from api.state import ApiState
 from app.db import make_engine, make_session_factory
 from app.errors import AppError, ConfigurationError
 from app.logging import configure_logging
+from app.metrics_sharing import MetricsPublisher
 from app.services.run_events import RunWaiter
 from app.settings import Settings, get_settings
 
@@ -26,13 +31,15 @@ API_DB_POOL = 40
 
 
 def create_app(settings: Settings) -> Litestar:
-    from actors import broker  # noqa: F401  (the broker the API sends run messages on)
+    from actors import broker  # the broker the API sends run messages on
     from actors.sending import send_dispatches, send_messages
+    from actors.webhooks import install_outbox
 
     # As many connections as anyio runs handler threads (40), and no overflow: opening and
     # closing overflow connections under load costs more than waiting for a pooled one.
     engine = make_engine(settings, pool_size=API_DB_POOL, max_overflow=0, pre_ping=False)
     session_factory = make_session_factory(engine)
+    install_outbox(session_factory)  # a cancel's webhook messages go out after its commit
     waiter = RunWaiter(settings.database_url)
     state = ApiState(
         settings=settings,
@@ -43,10 +50,17 @@ def create_app(settings: Settings) -> Litestar:
         send_recorded=send_messages,
     )
 
+    publisher = MetricsPublisher(broker.client)
+
     async def start_waiter() -> None:
         await waiter.start()
+        publisher.start()
+
+    rate_limiter = RateLimitMiddleware(settings)
 
     async def stop_waiter() -> None:
+        await rate_limiter.close()
+        publisher.stop()
         await waiter.stop()
         engine.dispose()
 
@@ -67,9 +81,15 @@ def create_app(settings: Settings) -> Litestar:
             operations.stats,
             metrics.metrics,
             health.health,
+            key_routes.list_keys,
+            key_routes.create_key,
+            key_routes.revoke_key,
+            webhook_routes.create_webhook_secret,
+            webhook_routes.run_deliveries,
         ],
         state=State({"api": state}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        middleware=[HttpMetricsMiddleware(), rate_limiter],
         on_startup=[start_waiter],
         on_shutdown=[stop_waiter],
         logging_config=LoggingConfig(

@@ -22,8 +22,9 @@ OPENAI_DEFAULT_MODEL = "gpt-4o-mini"
 class Settings(BaseSettings):
     """Every knob of the service; names are the contract's environment variables."""
 
+    # An empty value (`NAME=`, as compose passes an unset `${NAME:-}`) counts as unset.
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", case_sensitive=False, populate_by_name=True
+        env_file=".env", extra="ignore", case_sensitive=False, populate_by_name=True, env_ignore_empty=True
     )
 
     database_url: str = DEFAULT_DATABASE_URL
@@ -33,6 +34,8 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = None
 
     cron_secret: SecretStr | None = None
+    #: Signs the dashboard's CSRF tokens; shared by every API process (default: derived, see api/dashboard).
+    dashboard_secret: SecretStr | None = None
     agent_worker_concurrency: int = Field(default=5, ge=1, le=1024)
     scheduler_poll_interval: int = Field(default=60, ge=1, le=3600)
     default_timezone: str = "America/New_York"
@@ -55,6 +58,33 @@ class Settings(BaseSettings):
     reconcile_grace_ms: int = Field(default=60_000, ge=1_000)
     #: Scheduler: reconciler period.
     reconcile_interval_s: int = Field(default=30, ge=1)
+    #: A worker renews the leases of its running runs this often (one statement per process) ...
+    run_heartbeat_s: float = Field(default=5, gt=0, le=3600)
+    #: ... and a running run whose lease is older than this is taken for lost and claimed again.
+    run_lease_s: float = Field(default=30, gt=0, le=86_400)
+    #: A stopping worker lets in-flight model calls finish for this long, then hands runs back.
+    worker_stop_grace_s: float = Field(default=30, ge=0, le=3600)
+    #: Stream model answers (`stream: true`); false for servers that cannot.
+    llm_stream: bool = True
+
+    #: Flow control (app.services.concurrency, app.providers.ratelimit, api.rate_limit).
+    #: Provider budget for every worker process together: requests and tokens a minute (unset: none).
+    llm_rpm: int | None = Field(default=None, ge=1)
+    llm_tpm: int | None = Field(default=None, ge=1)
+    #: Our API: requests a minute per API key, and per client address on /api/cron/* and
+    #: /api/queue/*, one budget across API processes (0 turns the limit off).
+    api_rate_limit: int = Field(default=600, ge=0)
+    cron_rate_limit: int = Field(default=60, ge=0)
+
+    #: Webhooks (app.webhooks): a delivery is retried for this long after its event.
+    webhook_retry_hours: float = Field(default=24, gt=0, le=24 * 30)
+    #: Allow webhook URLs on loopback, private, link-local and metadata addresses (`agentsched dev`).
+    webhook_allow_private: bool = False
+    #: Retry backoff of a delivery: attempt n waits about min(min * 2**(n-1), max), jittered.
+    webhook_min_backoff_ms: int = Field(default=5_000, ge=1)
+    webhook_max_backoff_ms: int = Field(default=3_600_000, ge=1)
+    #: Deliveries sent at once per worker process (the rest wait in Redis, holding no thread).
+    webhook_concurrency: int = Field(default=4, ge=1, le=256)
 
     @field_validator("database_url")
     @classmethod
@@ -91,6 +121,12 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _check_lease(self) -> Settings:
+        if self.run_lease_s <= self.run_heartbeat_s:
+            raise ValueError("RUN_LEASE_S must be greater than RUN_HEARTBEAT_S")
+        return self
 
     @model_validator(mode="after")
     def _check_backoff(self) -> Settings:
