@@ -7,10 +7,12 @@ import uuid
 
 from litestar import Request
 from litestar.datastructures import State
+from pydantic import SecretStr
 
 from api.state import ApiState
 from app.errors import NotAuthenticated
-from app.services.accounts import authenticate, hash_api_key
+from app.services.accounts import hash_api_key
+from app.services.keys import verify_key
 
 
 def bearer_token(request: Request[object, object, State]) -> str:
@@ -29,17 +31,28 @@ def current_user_id(request: Request[object, object, State]) -> uuid.UUID:
     user_id = state.keys.get(key_hash)
     if user_id is None:
         with state.session_factory() as session:
-            user_id = authenticate(session, token)
-        state.keys.put(key_hash, user_id)
+            verified = verify_key(session, token, state.clock.now())
+            session.commit()
+        state.keys.put(key_hash, verified.user_id, verified.key_id)
+        user_id = verified.user_id
     return user_id
+
+
+def cron_secrets(secret: SecretStr | None) -> list[bytes]:
+    """CRON_SECRET's secrets: one, or two separated by a comma while it is being rotated."""
+    if secret is None:
+        return []
+    return [part.strip().encode() for part in secret.get_secret_value().split(",") if part.strip()]
 
 
 def require_cron_secret(request: Request[object, object, State]) -> None:
     """CRON_SECRET in constant time; with no secret configured, always 401 (never open)."""
     state: ApiState = request.app.state.api
-    secret = state.settings.cron_secret
-    token = bearer_token(request)
-    if secret is None or not secret.get_secret_value():
+    accepted = cron_secrets(state.settings.cron_secret)
+    token = bearer_token(request).encode()
+    if not accepted:
         raise NotAuthenticated("CRON_SECRET is not configured on this server")
-    if not hmac.compare_digest(token.encode(), secret.get_secret_value().encode()):
+    # Every secret is compared, so the time taken does not tell which one came close.
+    matches = [hmac.compare_digest(token, secret) for secret in accepted]
+    if not any(matches):
         raise NotAuthenticated("wrong cron secret")

@@ -21,23 +21,33 @@ API_KEY_CACHE_TTL_S = 10.0
 
 @dataclass
 class ApiKeyCache:
-    """Verified key hashes, so a busy client costs one lookup per TTL, not one per request."""
+    """Verified key hashes, so a busy client costs one lookup per TTL, not one per request.
+
+    An entry lives `ttl_s` at most, so a key revoked through another API process stops working
+    here within that time; the process that revokes a key forgets it at once.
+    """
 
     ttl_s: float = API_KEY_CACHE_TTL_S
-    _entries: dict[str, tuple[uuid.UUID, float]] = field(default_factory=dict)
+    #: key hash -> (user id, key id, monotonic expiry)
+    _entries: dict[str, tuple[uuid.UUID, uuid.UUID, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, key_hash: str) -> uuid.UUID | None:
         entry = self._entries.get(key_hash)
-        if entry is None or entry[1] < time.monotonic():
+        if entry is None or entry[2] <= time.monotonic():
             return None
         return entry[0]
 
-    def put(self, key_hash: str, user_id: uuid.UUID) -> None:
+    def put(self, key_hash: str, user_id: uuid.UUID, key_id: uuid.UUID) -> None:
         with self._lock:
             if len(self._entries) > 10_000:
                 self._entries.clear()
-            self._entries[key_hash] = (user_id, time.monotonic() + self.ttl_s)
+            self._entries[key_hash] = (user_id, key_id, time.monotonic() + self.ttl_s)
+
+    def forget(self, key_id: uuid.UUID) -> None:
+        with self._lock:
+            for key_hash in [h for h, entry in self._entries.items() if entry[1] == key_id]:
+                del self._entries[key_hash]
 
 
 @dataclass

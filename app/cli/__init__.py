@@ -6,6 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from app.cli import health as health_commands
+from app.cli import keys as keys_commands
+from app.cli.servers import UNREACHABLE_ERRORS, reached_nothing, use_servers
 from app.errors import AppError
 
 
@@ -27,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--plan", default="free", choices=["free", "pro", "enterprise"])
     create.add_argument("--credits", type=int, help="monthly credits (default: the plan's)")
 
-    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
-    keys.add_parser("create", help="issue an API key (shown once)").add_argument("--email", required=True)
+    keys_commands.add_parser(commands)
+    health_commands.add_parser(commands)
 
     credits = commands.add_parser("credits", help="credits").add_subparsers(dest="action", required=True)
     credits.add_parser("reset", help="set credits_used to 0").add_argument("--email", required=True)
@@ -61,9 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             from app.cli.testing import run_tests
 
             return run_tests(list(args.pytest_args))
-        from app.cli.admin import run_admin
+        # Every other command uses a running `agentsched dev`'s servers, else the configured ones.
+        servers = use_servers()
+        try:
+            if args.command == "keys":
+                return keys_commands.run(args)
+            if args.command == "health":
+                return health_commands.run(args)
+            from app.cli.admin import run_admin
 
-        return run_admin(args)
+            return run_admin(args)
+        except UNREACHABLE_ERRORS as exc:
+            print(f"agentsched: {reached_nothing(servers, exc)}", file=sys.stderr)
+            return 2
     except AppError as exc:
         print(f"agentsched: {exc.message}", file=sys.stderr)
         return 2

@@ -39,10 +39,6 @@ def _run(session: object, args: argparse.Namespace) -> int:
     if action == ("users", "create"):
         user = accounts.create_user(session, email=args.email, plan=args.plan, monthly_credits=args.credits)
         print(f"created user {user.email} ({user.plan}, {user.monthly_credits} credits/month) id={user.id}")
-    elif action == ("keys", "create"):
-        user = accounts.get_user_by_email(session, args.email)
-        key = accounts.issue_api_key(session, user)
-        print(f"API key for {user.email} (shown once, store it now):\n{key}")
     elif action == ("credits", "reset"):
         user = accounts.get_user_by_email(session, args.email)
         accounts.reset_credits(session, user)

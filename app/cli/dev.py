@@ -21,17 +21,20 @@ from types import FrameType
 
 from sqlalchemy.engine import make_url
 
+from app.cli.servers import DevState, dev_state_path, remove_dev_state, write_dev_state
 from app.db import make_engine, make_session_factory
 from app.embedded import Services, ensure_services
 from app.errors import ConfigurationError, NotFound
 from app.logging import configure_logging
 from app.migrate import PROJECT_ROOT, upgrade_to_head
-from app.services.accounts import create_user, get_user_by_email, issue_api_key
+from app.services.accounts import create_user, get_user_by_email
+from app.services.keys import issue_key
 from app.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 STATE_DIR_NAME = ".agentsched"
+DEMO_KEY_NAME = "agentsched dev"
 HEALTH_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 20
 POLL_INTERVAL_S = 0.2
@@ -54,14 +57,23 @@ def run_dev(args: argparse.Namespace) -> int:
         upgrade_to_head(services.database_url)
         key = _issue_demo_key(settings, args.demo_email)
         supervisor = Supervisor(_child_env(services))
+        state_path = dev_state_path()
         with supervisor.handling_signals():
             try:
+                # From here on, other commands of this checkout use these servers.
+                write_dev_state(
+                    state_path,
+                    DevState(
+                        os.getpid(), services.database_url, services.redis_url, f"http://127.0.0.1:{port}"
+                    ),
+                )
                 _start_children(supervisor, settings, port)
                 if not _wait_until_healthy(supervisor, port):
                     return supervisor.exit_code()
                 _print_banner(services, settings, supervisor, port, args.demo_email, key)
                 supervisor.wait()
             finally:
+                remove_dev_state(state_path)
                 supervisor.stop_all()
         return supervisor.exit_code()
 
@@ -88,7 +100,7 @@ def _issue_demo_key(settings: Settings, email: str) -> str:
             except NotFound:
                 user = create_user(session, email=email, plan="pro")
                 log.info("created demo user %s (plan pro)", email)
-            key = issue_api_key(session, user)
+            key = issue_key(session, user.id, DEMO_KEY_NAME).secret
             session.commit()
     finally:
         engine.dispose()
@@ -98,6 +110,8 @@ def _issue_demo_key(settings: Settings, email: str) -> str:
 def _child_env(services: Services) -> dict[str, str]:
     env = dict(os.environ)
     env.update(DATABASE_URL=services.database_url, REDIS_URL=services.redis_url, PYTHONUNBUFFERED="1")
+    # Local receivers (a webhook to http://127.0.0.1:...) are what development needs.
+    env.setdefault("WEBHOOK_ALLOW_PRIVATE", "true")
     return env
 
 
@@ -162,14 +176,16 @@ agentsched dev is running
   worker     {settings.agent_worker_concurrency} threads
 
 Demo user {email} (plan pro). Its API key (shown once):
-  export KEY={key}
+  export API_KEY={key}
 
 Queue a run:
-  curl -s -X POST {base}/api/agent/execute -H "Authorization: Bearer $KEY" \\
+  curl -s -X POST {base}/api/agent/execute -H "Authorization: Bearer $API_KEY" \\
     -H 'Content-Type: application/json' -d '{body}'
 Then look at it (runId from the answer):
-  curl -s {base}/api/runs/<runId> -H "Authorization: Bearer $KEY"
+  curl -s {base}/api/runs/<runId> -H "Authorization: Bearer $API_KEY"
 
+In another shell of this checkout, `./run status`, `./run users create --email ...` and every
+other command use these servers (they find them in ./{STATE_DIR_NAME}/dev.json).
 Ctrl-C stops everything.
 """,
         flush=True,

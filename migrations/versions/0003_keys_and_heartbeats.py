@@ -1,13 +1,18 @@
-"""api key names and use times; process heartbeats
+"""api key names and use times
 
 Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-01 08:20:00
+
+(Process heartbeats live in Redis, with a time to live, so they need no table.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -16,8 +21,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    op.add_column("api_keys", sa.Column("name", sa.String(length=100), server_default="", nullable=False))
+    op.add_column("api_keys", sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    op.drop_column("api_keys", "last_used_at")
+    op.drop_column("api_keys", "name")
