@@ -2,7 +2,10 @@
 
 Syntax: ``minute hour day-of-month month day-of-week``; each field is a comma list of ``*``,
 ``N``, ``A-B``, ``*/S``, ``A-B/S`` or ``A/S`` (A to the field maximum). Months ``JAN``-``DEC``
-and days ``SUN``-``SAT`` may be used by name (any case); 0 and 7 are both Sunday. The macros
+and days ``SUN``-``SAT`` may be used by name (any case); 0 and 7 are both Sunday. As in Vixie
+cron, a day-of-week range may end on Sunday written as 0 (``SAT-SUN`` and ``5-0`` mean 6-7 and
+5-7), ``SUN-SUN`` is Sunday alone, and a range that wraps past Sunday (``FRI-MON``) is refused
+with the two ranges to write instead. The macros
 ``@yearly @annually @monthly @weekly @daily @midnight @hourly`` stand for their usual five
 fields. Day matching follows Vixie cron: if either day field starts with ``*`` a day must match
 both fields, otherwise (both restricted) it matches when either matches, so ``0 0 1,15 * MON``
@@ -122,6 +125,18 @@ def _parse_value(token: str, name: str, low: int, high: int, names: Mapping[str,
     return value
 
 
+def _backwards(name: str, span: str, start: int, first: str, last: str) -> str:
+    if name != "day-of-week":
+        return f"{name} range '{span}' runs backwards"
+    # Vixie cron rejects a range that wraps past Sunday too; say how to write it instead.
+    saturday, sunday = ("6", "0") if _NUMBER.fullmatch(first) else ("SAT", "SUN")
+    head = {7: "", 6: f"{first},"}.get(start, f"{first}-{saturday},")
+    return (
+        f"day-of-week range '{span}' wraps past Sunday, which cron does not allow; "
+        f"write it as '{head}{sunday}-{last}'"
+    )
+
+
 def _parse_field(text: str, name: str, low: int, high: int, names: Mapping[str, int]) -> frozenset[int]:
     values: set[int] = set()
     for part in text.split(","):
@@ -139,10 +154,10 @@ def _parse_field(text: str, name: str, low: int, high: int, names: Mapping[str, 
             first, _, last = span.partition("-")
             start = _parse_value(first, name, low, high, names)
             end = _parse_value(last, name, low, high, names)
-            if end == 0 and last.upper() == "SUN":  # FRI-SUN: Sunday as 7 ends a range
-                end = 7
+            if name == "day-of-week" and end == 0 and start > 0:
+                end = 7  # as Vixie cron: a range may end on Sunday as 0 (FRI-SUN, 5-0 = 5-7)
             if start > end:
-                raise _invalid(f"{name} range '{span}' runs backwards")
+                raise _invalid(_backwards(name, span, start, first, last))
         else:
             start = _parse_value(span, name, low, high, names)
             end = high if slash else start
@@ -200,6 +215,11 @@ def _parse_spec(expr: str) -> _Spec:
 @lru_cache(maxsize=1)
 def _known_zones() -> frozenset[str]:
     return frozenset(available_timezones()) - _EXCLUDED_ZONES
+
+
+def known_timezones() -> frozenset[str]:
+    """The IANA names a schedule may use."""
+    return _known_zones()
 
 
 @lru_cache(maxsize=1024)

@@ -315,6 +315,68 @@ def test_seven_zero_and_sun_are_sunday(dow: str) -> None:
     assert got == utcs("2026-01-18T12:00Z", "2026-01-25T12:00Z")
 
 
+# Vixie cron (cronie's get_range): a range ending in 0 after a later start ends on Sunday as 7;
+# any other backwards range is an error. 2026-01-04 is a Sunday.
+DAY_OF_WEEK_RANGES = [
+    ("SUN-SUN", "Sun"),
+    ("0-SUN", "Sun"),
+    ("SUN-0", "Sun"),
+    ("0-0", "Sun"),
+    ("7-7", "Sun"),
+    ("7-0", "Sun"),
+    ("sun-sun", "Sun"),
+    ("SAT-SUN", "Sat Sun"),
+    ("6-0", "Sat Sun"),
+    ("6-7", "Sat Sun"),
+    ("SAT-7", "Sat Sun"),
+    ("5-0", "Fri Sat Sun"),
+    ("FRI-SUN", "Fri Sat Sun"),
+    ("5-0/2", "Fri Sun"),
+    ("MON-SUN", "Mon Tue Wed Thu Fri Sat Sun"),
+    ("1-0", "Mon Tue Wed Thu Fri Sat Sun"),
+    ("0-7", "Mon Tue Wed Thu Fri Sat Sun"),
+    ("SUN-SAT", "Mon Tue Wed Thu Fri Sat Sun"),
+    ("SUN-MON", "Mon Sun"),
+    ("0-6/3", "Wed Sat Sun"),
+    ("FRI-SAT,SUN-MON", "Mon Fri Sat Sun"),
+    ("SAT-SUN,SUN", "Sat Sun"),
+]
+
+
+@pytest.mark.parametrize(("dow", "days"), DAY_OF_WEEK_RANGES)
+def test_day_of_week_ranges_name_the_days_vixie_cron_does(dow: str, days: str) -> None:
+    got = fires(f"0 12 * * {dow}", "UTC", "2026-01-04T00:00Z", 14)
+    assert got[0] >= utc("2026-01-04T12:00Z")
+    two_weeks = [fire for fire in got if fire < utc("2026-01-18T00:00Z")]
+    names = [fire.strftime("%a") for fire in two_weeks]
+    assert names[: len(names) // 2] == names[len(names) // 2 :]  # the same days each week
+    assert set(names) == set(days.split())
+    assert all(fire.hour == 12 and fire.minute == 0 for fire in got)
+
+
+@pytest.mark.parametrize(
+    ("dow", "suggestion"),
+    [
+        ("FRI-MON", "'FRI-SAT,SUN-MON'"),
+        ("5-1", "'5-6,0-1'"),
+        ("SAT-FRI", "'SAT,SUN-FRI'"),
+        ("7-1", "'0-1'"),
+        ("THU-TUE/2", "'THU-SAT,SUN-TUE'"),
+    ],
+)
+def test_a_day_of_week_range_that_wraps_past_sunday_says_how_to_write_it(dow: str, suggestion: str) -> None:
+    with pytest.raises(InvalidCronExpression) as caught:
+        parse_schedule(f"0 9 * * {dow}", "UTC")
+    message = caught.value.fields["schedule.cron"]
+    assert f"day-of-week range '{dow.split('/')[0]}' wraps past Sunday" in message
+    assert suggestion in message
+
+
+def test_only_the_day_of_week_field_ends_a_range_on_zero() -> None:
+    with pytest.raises(InvalidCronExpression, match="minute range '5-0' runs backwards"):
+        parse_schedule("5-0 * * * *", "UTC")
+
+
 @pytest.mark.parametrize(
     ("macro", "expr"),
     [
