@@ -87,6 +87,14 @@ class InsufficientCredits(RunFailure):
     retryable = False
 
 
+class BudgetExhausted(RunFailure):
+    """The run's token budget ran out before its final call (a provider counting more than
+    estimated); its steps are kept, and it is charged at most its reservation."""
+
+    code = "budget_exhausted"
+    retryable = False
+
+
 class UnknownAgent(RunFailure):
     code = "unknown_agent"
     retryable = False

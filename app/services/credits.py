@@ -2,10 +2,12 @@
 
 Rules (CONTRACT "Money"):
 - a run costs ceil(tokens / TOKENS_PER_CREDIT) credits, at least 1 when it used any tokens;
-- before its first model call a run reserves the cost of its whole token budget with one
-  conditional UPDATE, so concurrent runs can never take a user past `monthly_credits`;
+- before its first model call a run holds min(the cost of its token budget, the credits left),
+  at least 1 (else it fails `insufficient_credits`), in one locked statement, so concurrent runs
+  can never take a user past `monthly_credits`; its token budget shrinks to what it holds;
 - when the run ends the reservation is released and the actual cost (never more than the
-  reservation) is charged once, as one `credit_ledger` row in the same transaction;
+  reservation) is charged once, as one `credit_ledger` row in the same transaction; tokens
+  past the run's budget are recorded on the run (`tokens_over_budget`);
 - `credits_used` counts the current UTC calendar month; the first write of a new month starts
   it again at 0 (the ledger keeps every month's rows).
 """
@@ -39,11 +41,29 @@ def month_of(now: datetime) -> date:
 
 #: credits_used as of :period (0 when the stored month is an older one).
 USED_NOW = "(CASE WHEN credits_period < :period THEN 0 ELSE credits_used END)"
-#: Hold :amount: the SET clause, and the condition that keeps a user within monthly_credits.
-RESERVE_SET = f"""credits_used = {USED_NOW},
-           credits_period = GREATEST(credits_period, :period),
-           credits_reserved = credits_reserved + :amount"""
-RESERVE_CONDITION = f"{USED_NOW} + credits_reserved + :amount <= monthly_credits"
+#: Credits the user may still hold this month (negative when a plan change went below use).
+CREDITS_LEFT = f"(monthly_credits - {USED_NOW} - credits_reserved)"
+#: Move the stored month up to :period (the lazy monthly reset), as a SET clause.
+PERIOD_SET = f"""credits_used = {USED_NOW},
+           credits_period = GREATEST(credits_period, :period)"""
+
+
+def hold_ctes(user_id_sql: str) -> str:
+    """Two CTEs that hold min(:amount, the credits left) for the user `user_id_sql` selects.
+
+    `room` locks the user row and computes the amount on its latest version; `held` adds it to
+    `credits_reserved` when it is at least 1 and returns it (no row: nothing was held).
+    """
+    return f"""room AS (
+        SELECT id, LEAST(:amount, {CREDITS_LEFT}) AS amount
+          FROM users WHERE id = ({user_id_sql})
+           FOR UPDATE
+    ), held AS (
+        UPDATE users SET {PERIOD_SET},
+               credits_reserved = credits_reserved + (SELECT amount FROM room)
+         WHERE id = (SELECT id FROM room WHERE amount >= 1)
+        RETURNING (SELECT amount FROM room) AS amount
+    )"""
 
 
 def settle_set(charge_sql: str) -> str:
@@ -56,13 +76,7 @@ def settle_set(charge_sql: str) -> str:
 #: The one charge of a run; the partial unique index makes a second one a no-op.
 CHARGE_CONFLICT = "ON CONFLICT (run_id) WHERE kind = 'charge' DO NOTHING"
 
-_RESERVE = text(
-    f"""
-    UPDATE users SET {RESERVE_SET}
-     WHERE id = :user_id AND {RESERVE_CONDITION}
-    RETURNING id
-    """
-)
+_RESERVE = text(f"WITH {hold_ctes(':user_id')} SELECT amount FROM held")
 
 _SETTLE = text(f"UPDATE users SET {settle_set(':charge')} WHERE id = :user_id")
 
@@ -83,14 +97,24 @@ def charge_for(tokens: int, tokens_per_credit: int, reserved: int) -> int:
 
 
 def reservation(token_budget: int, tokens_per_credit: int) -> int:
-    """Credits a run holds while it runs: the cost of its whole token budget."""
+    """Credits a run asks to hold: the cost of its whole token budget (it gets at most what is left)."""
     return cost_of(token_budget, tokens_per_credit)
 
 
-def reserve(session: Session, user_id: uuid.UUID, amount: int, now: datetime) -> bool:
-    """Hold `amount` credits for a run; False when the month's credits cannot cover it."""
+def token_budget(reserved: int, run_token_budget: int, tokens_per_credit: int) -> int:
+    """Tokens a run holding `reserved` credits may spend: its budget, shrunk to what it holds."""
+    return min(run_token_budget, reserved * tokens_per_credit)
+
+
+def tokens_over_budget(tokens: int, budget: int) -> int:
+    """Tokens a run spent past its budget (a provider counting more than estimated)."""
+    return max(0, tokens - budget)
+
+
+def reserve(session: Session, user_id: uuid.UUID, amount: int, now: datetime) -> int:
+    """Hold min(`amount`, the credits left) for a run; 0 when less than 1 credit is left."""
     row = session.execute(_RESERVE, {"user_id": user_id, "amount": amount, "period": month_of(now)}).first()
-    return row is not None
+    return int(row[0]) if row is not None else 0
 
 
 def settle(

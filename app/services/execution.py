@@ -133,8 +133,8 @@ def _claim(env: RunEnvironment, run_id: uuid.UUID) -> ClaimedRun | None:
                 env,
                 claimed,
                 InsufficientCredits.code,
-                f"this run needs {reservation} credits held and the month's remaining credits "
-                "cannot cover it",
+                "less than 1 credit is left this month (credits used and held by running runs "
+                "reach the plan's allowance)",
             )
             return None
         return claimed
@@ -146,7 +146,13 @@ def _attempt(env: RunEnvironment, claimed: ClaimedRun) -> Outcome:
         claimed.goal,
         provider=env.provider,
         deadline=Deadline.after_ms(env.clock, claimed.timeout_ms),
-        token_budget=max(0, env.settings.run_token_budget - claimed.tokens_before),
+        token_budget=max(
+            0,
+            credits.token_budget(
+                claimed.reserved, env.settings.run_token_budget, env.settings.tokens_per_credit
+            )
+            - claimed.tokens_before,
+        ),
         model=claimed.model,
         should_stop=_cancel_probe(env, claimed.run_id),
         log_prefix=f"run {claimed.run_id}: ",

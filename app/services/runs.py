@@ -45,6 +45,8 @@ class ClaimedRun:
     one_off: bool
     #: Set when the task was cancelled while this run was running (its worker may have died since).
     cancel_requested: bool
+    #: The slot a scheduled run was created for (None for api and manual runs).
+    scheduled_for: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +96,13 @@ def new_run(
 
 
 # The claim, in one statement (one round trip): lock the run if it is ours to take, hold its
-# credits if this is its first attempt with any left, mark it running, and let a one-off task
+# credits if this is its first attempt (min(:amount, what is left), when at least 1 is left;
+# credits.hold_ctes), mark it running, and let a one-off task
 # follow. A concurrent claim of the same run waits on the row lock, then finds it taken.
+#: The user whose credits the claim holds: only on a run's first live attempt.
+_FIRST_CLAIM_USER = """SELECT user_id FROM target
+                        WHERE credits_reserved = 0 AND attempts < max_attempts
+                          AND NOT cancel_requested"""
 _CLAIM = text(
     f"""
     WITH target AS (
@@ -106,27 +113,20 @@ _CLAIM = text(
                  AND (not_before IS NULL OR not_before <= :now))
                 OR (status = 'running' AND lease_expires_at < :now))
            FOR UPDATE
-    ), held AS (
-        UPDATE users SET {credits.RESERVE_SET}
-         WHERE id = (SELECT user_id FROM target
-                      WHERE credits_reserved = 0 AND attempts < max_attempts
-                        AND NOT cancel_requested)
-           AND {credits.RESERVE_CONDITION}
-        RETURNING id
-    ), claimed AS (
+    ), {credits.hold_ctes(_FIRST_CLAIM_USER)}, claimed AS (
         UPDATE task_runs AS r
            SET status = 'running',
                attempts = r.attempts + 1,
                started_at = COALESCE(r.started_at, :now),
                lease_expires_at = :now + (r.timeout_ms + :grace_ms) * interval '1 millisecond',
                not_before = NULL,
-               credits_reserved = CASE WHEN EXISTS (SELECT 1 FROM held) THEN :amount
-                                       ELSE r.credits_reserved END
+               credits_reserved = COALESCE((SELECT amount FROM held), r.credits_reserved)
           FROM target, tasks AS t
          WHERE r.id = target.id AND t.id = r.task_id
         RETURNING r.id, r.task_id, r.user_id, r.priority, r.attempts, r.max_attempts, r.timeout_ms,
                   r.credits_reserved, r.tokens_used, t.description, t.agent_type,
-                  t.agent_config ->> 'model' AS model, t.cron IS NULL AS one_off, r.cancel_requested
+                  t.agent_config ->> 'model' AS model, t.cron IS NULL AS one_off, r.cancel_requested,
+                  r.scheduled_for
     ), task_follows AS (
         UPDATE tasks SET status = 'running', updated_at = :now
          WHERE id = (SELECT task_id FROM claimed WHERE one_off) AND status <> 'cancelled'
@@ -141,8 +141,8 @@ def claim_run(
 ) -> ClaimedRun | None:
     """Take the run for one attempt, or None when it is not ours to run (duplicate, late, done).
 
-    On its first attempt the run also holds `reservation` credits, if the user's month has them
-    left; `ClaimedRun.reserved` is 0 when it could not.
+    On its first attempt the run also holds min(`reservation`, the credits left) credits, when
+    at least 1 is left; `ClaimedRun.reserved` is 0 when it could not.
     """
     row = session.execute(
         _CLAIM,
@@ -169,8 +169,12 @@ _REQUEUE = text(
          WHERE id = :run_id AND status = 'running' AND attempts = :attempt
         RETURNING id, task_id
     ), task_follows AS (
-        UPDATE tasks SET status = 'queued', updated_at = :now
-         WHERE id = (SELECT task_id FROM requeued) AND cron IS NULL AND status <> 'cancelled'
+        -- The totals of the task include the tokens of attempts whose run waits for a retry.
+        UPDATE tasks
+           SET status = CASE WHEN cron IS NULL AND status <> 'cancelled' THEN 'queued'
+                             ELSE status END,
+               tokens_used = tokens_used + :attempt_tokens, updated_at = :now
+         WHERE id = (SELECT task_id FROM requeued)
     )
     SELECT id FROM requeued
     """
@@ -184,6 +188,9 @@ _FINISH = text(
         UPDATE task_runs
            SET status = :status, finished_at = :now, lease_expires_at = NULL,
                tokens_used = :tokens, credits_used = :charge, credits_reserved = 0,
+               tokens_over_budget = :over_budget,
+               -- the last attempt of a dead worker is claimed as attempt max+1 only to be failed
+               attempts = LEAST(attempts, max_attempts),
                result = :result, error = CAST(:error AS jsonb)
          WHERE id = :run_id AND status = 'running' AND attempts = :attempt
         RETURNING id, task_id, user_id
@@ -197,10 +204,11 @@ _FINISH = text(
          WHERE id = (SELECT user_id FROM finished)
     ), task_result AS (
         UPDATE tasks
-           SET status = CASE WHEN cron IS NULL AND status <> 'cancelled' THEN :status
-                             ELSE status END,
+           SET status = CASE WHEN status = 'cancelled' THEN status
+                             WHEN cron IS NULL THEN :status
+                             ELSE 'pending' END,
                result = :result, error = CAST(:error AS jsonb),
-               tokens_used = tokens_used + :tokens, credits_used = credits_used + :charge,
+               tokens_used = tokens_used + :attempt_tokens, credits_used = credits_used + :charge,
                last_run_at = :now, updated_at = :now
          WHERE id = (SELECT task_id FROM finished)
     )
@@ -226,6 +234,7 @@ def retry_later(
             "attempt": claimed.attempt,
             "not_before": now + timedelta(milliseconds=delay_ms),
             "tokens": claimed.tokens_before + outcome.tokens,
+            "attempt_tokens": outcome.tokens,
             "error": _error_json(outcome),
             "now": now,
         },
@@ -245,7 +254,8 @@ def finish(
 ) -> bool:
     """End the run for good: charge it once, record the outcome on run and task, notify waiters.
 
-    False when the attempt had lost its claim (nothing is written then).
+    Tokens past what the reservation pays for are not charged; they are recorded as
+    `tokens_over_budget`. False when the attempt had lost its claim (nothing is written then).
     """
     if outcome.error_code is None:
         status = RunStatus.COMPLETED
@@ -262,6 +272,8 @@ def finish(
             "status": status.value,
             "now": now,
             "tokens": tokens,
+            "attempt_tokens": outcome.tokens,
+            "over_budget": credits.tokens_over_budget(tokens, claimed.reserved * tokens_per_credit),
             "charge": credits.charge_for(tokens, tokens_per_credit, claimed.reserved),
             "reserved": claimed.reserved,
             "period": credits.month_of(now),

@@ -50,10 +50,9 @@ def update_task(
             raise InvalidInput(exc.fields) from None
         if enabled and task.status == TaskStatus.CANCELLED.value:
             task.status = TaskStatus.PENDING.value
-        if task.cron is None and task.status in (
-            TaskStatus.COMPLETED.value,
-            TaskStatus.FAILED.value,
-        ):
+        if task.cron is None and task.status != TaskStatus.CANCELLED.value:
+            # A task with a schedule is `pending` between runs, also when its one-off run is
+            # still queued or running (that run's end leaves it pending: runs.finish).
             task.status = TaskStatus.PENDING.value
         apply_schedule(task, enabled=bool(enabled), cron=cron, timezone=timezone, now=now)
     task.updated_at = now
@@ -102,8 +101,12 @@ def cancel_task(
         run.status = RunStatus.CANCELLED.value
         run.finished_at = now
         run.credits_used = charge
+        run.tokens_over_budget = credits.tokens_over_budget(
+            run.tokens_used, run.credits_reserved * settings.tokens_per_credit
+        )
         run.credits_reserved = 0
         run.error = {"code": "cancelled", "message": "the task was cancelled"}
+        # Its tokens are in the task's total already (added when its attempt ended).
         task.credits_used += charge
         notify_finished(session, run.id)
     session.execute(

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
 revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
@@ -16,8 +19,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    op.add_column(
+        "task_runs",
+        sa.Column("tokens_over_budget", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_column("task_runs", "tokens_over_budget")
