@@ -135,3 +135,29 @@ def test_dev_removes_only_its_own_state_file(checkout: Path, settings: Settings)
     assert path.stat().st_mode & 0o077 == 0  # it may hold a database password
     remove_dev_state(path)
     assert not path.exists()
+
+
+def test_keys_are_created_listed_and_revoked_from_the_cli(checkout: Path, live_dev: DevState) -> None:
+    assert agentsched("users", "create", "--email", "k@example.com", cwd=checkout).returncode == 0
+    created = agentsched("keys", "create", "--email", "k@example.com", "--name", "ci", cwd=checkout)
+    assert created.returncode == 0, created.stderr
+    key_id = created.stdout.split(", id ")[1].split()[0]
+    secret = created.stdout.strip().splitlines()[-1]
+
+    listed = agentsched("keys", "list", "--email", "k@example.com", cwd=checkout)
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(key_id))
+    assert secret[:10] in row
+    assert row.endswith("ci")
+    assert secret not in listed.stdout
+
+    revoked = agentsched("keys", "revoke", "--id", key_id, cwd=checkout)
+    assert revoked.returncode == 0, revoked.stderr
+    assert f"revoked key {key_id}" in revoked.stdout
+    listed = agentsched("keys", "list", "--email", "k@example.com", cwd=checkout)
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(key_id))
+    assert row.split()[-2] != "-"  # the revoked column holds a time
+
+    unknown = agentsched("keys", "revoke", "--id", "not-a-uuid", cwd=checkout)
+    assert unknown.returncode == 2
+    assert "Traceback" not in unknown.stderr
