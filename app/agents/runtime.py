@@ -1,7 +1,12 @@
 """One attempt of an agent run: plan, execute the steps, write the final result.
 
-Every model call is bounded by the run's deadline (the provider receives the time left) and is
-preceded by a deadline check and a stop check (cancellation). Tokens are summed from what the
+A run is replayed from its journal: before each model call the runtime asks whether an earlier
+attempt completed that step, and if so reuses its output (the prompts are rebuilt from the goal,
+the agent type and earlier outputs, so they need not be stored). Resuming is therefore the
+normal path, not a special case. Every model call that is made is bounded by the run's
+deadline (the provider receives the time left), preceded by a stop check (cancellation), a
+hand-back check (the worker is stopping), a deadline check and the `before_call` hooks, and
+written to the journal when it starts and when it ends. Tokens are summed from what the
 provider reports; the run stops planning more work once its token budget is spent.
 """
 
@@ -10,13 +15,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from app.agents.registry import AgentType
+from app.agents.steps import (
+    PLAN_INDEX,
+    AttemptHandedBack,
+    BeforeCall,
+    MemoryJournal,
+    ModelCall,
+    StepJournal,
+)
 from app.clock import Clock
 from app.errors import ProviderError, RunCancelled, RunTimeout
-from app.providers.base import ChatMessage, ModelProvider
+from app.providers.base import ChatMessage, Completion, ModelProvider
 from app.providers.offline import PLAN_MARKER
 
 logger = logging.getLogger(__name__)
@@ -70,7 +83,7 @@ def parse_plan(answer: str, max_steps: int) -> list[str]:
 
 
 class AgentRun:
-    """Runs one attempt; `tokens_used` stays readable when it raises."""
+    """Runs one attempt; its token counts stay readable when it raises."""
 
     def __init__(
         self,
@@ -82,6 +95,10 @@ class AgentRun:
         token_budget: int,
         model: str | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        should_hand_back: Callable[[], bool] = lambda: False,
+        journal: StepJournal | None = None,
+        before_call: Sequence[BeforeCall] = (),
+        on_delta: Callable[[ModelCall, str], None] | None = None,
         log_prefix: str = "",
     ) -> None:
         self.agent = agent
@@ -91,19 +108,37 @@ class AgentRun:
         self.token_budget = token_budget
         self.model = model
         self.should_stop = should_stop
+        self.should_hand_back = should_hand_back
+        self.journal: StepJournal = journal if journal is not None else MemoryJournal()
+        self.before_call = list(before_call)
+        self.on_delta = on_delta
         self.log_prefix = log_prefix
-        self.tokens_used = 0
+        #: Tokens of this attempt's model calls (not of replayed steps).
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cached_tokens = 0
+        #: Model calls made by this attempt, and steps reused from earlier attempts.
         self.calls = 0
+        self.replayed = 0
+
+    @property
+    def tokens_used(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
     def run(self) -> str:
-        plan_answer = self._call(
+        recorded = self.journal.completed_outputs()
+        plan_answer = self._step(
+            recorded,
+            PLAN_INDEX,
+            "plan",
+            "Plan",
             f"Goal: {self.goal}\n\nPlan how to reach this goal. {PLAN_MARKER} "
-            f"(at most {self.agent.max_steps} short strings), nothing else."
+            f"(at most {self.agent.max_steps} short strings), nothing else.",
         )
         steps = parse_plan(plan_answer, self.agent.max_steps) or [self.goal]
         outputs: list[tuple[str, str]] = []
         for number, step in enumerate(steps, start=1):
-            if self._tokens_left() < MIN_TOKENS_FOR_A_CALL * 2:
+            if number not in recorded and self._tokens_left() < MIN_TOKENS_FOR_A_CALL * 2:
                 logger.info(
                     "%stoken budget nearly spent; stopping after %d steps",
                     self.log_prefix,
@@ -111,35 +146,85 @@ class AgentRun:
                 )
                 break
             previous = "\n\n".join(f"Step {i}: {s}\nOutput: {o}" for i, (s, o) in enumerate(outputs, 1))
-            answer = self._call(
-                f"Goal: {self.goal}\n\n{previous}\n\nNow do step {number} of {len(steps)}: {step}"
+            answer = self._step(
+                recorded,
+                number,
+                "step",
+                step,
+                f"Goal: {self.goal}\n\n{previous}\n\nNow do step {number} of {len(steps)}: {step}",
             )
             outputs.append((step, answer[:STEP_OUTPUT_CHARS]))
         findings = "\n\n".join(f"Step {i}: {s}\nOutput: {o}" for i, (s, o) in enumerate(outputs, 1))
-        final = self._call(
-            f"Goal: {self.goal}\n\n{findings}\n\nWrite the final result for the goal from these steps."
+        final = self._step(
+            recorded,
+            len(steps) + 1,
+            "final",
+            "Final result",
+            f"Goal: {self.goal}\n\n{findings}\n\nWrite the final result for the goal from these steps.",
         ).strip()
         return final or findings or "(the model returned an empty answer)"
 
     def _tokens_left(self) -> int:
         return self.token_budget - self.tokens_used
 
-    def _call(self, prompt: str) -> str:
+    def _step(self, recorded: Mapping[int, str], index: int, kind: str, title: str, prompt: str) -> str:
+        """The step's output: reused when an earlier attempt completed it, else a model call."""
+        if index in recorded:
+            self.replayed += 1
+            return recorded[index]
+        max_tokens = max(1, min(MAX_ANSWER_TOKENS, self._tokens_left()))
+        return self._call(ModelCall(index, kind, title[:500], prompt, max_tokens, self.model))
+
+    def _call(self, call: ModelCall) -> str:
         if self.should_stop():
             raise RunCancelled("the run was cancelled")
+        if self.should_hand_back():
+            raise AttemptHandedBack("the worker is stopping")
+        if self.deadline.remaining_s() <= 0:
+            raise RunTimeout("the run exceeded its timeout")
+        # -- the place for checks that must pass before a model call (budget, rate limits) --
+        for hook in self.before_call:
+            hook(call)
         remaining = self.deadline.remaining_s()
         if remaining <= 0:
             raise RunTimeout("the run exceeded its timeout")
-        max_tokens = max(1, min(MAX_ANSWER_TOKENS, self._tokens_left()))
         messages = [
             ChatMessage("system", self.agent.system_prompt),
-            ChatMessage("user", prompt),
+            ChatMessage("user", call.prompt),
         ]
-        completion = self.provider.complete(
-            messages, model=self.model, max_tokens=max_tokens, timeout_s=remaining
-        )
+        on_delta = self.on_delta
+        self.journal.start(call)
+        started = self.deadline.clock.monotonic()
+        try:
+            completion = self.provider.complete(
+                messages,
+                model=call.model,
+                max_tokens=call.max_tokens,
+                timeout_s=remaining,
+                on_delta=(lambda text: on_delta(call, text)) if on_delta is not None else None,
+            )
+            if completion.text is None:  # a provider that breaks its protocol
+                raise ProviderError("the model returned no text")
+        except BaseException as exc:
+            self._record_failure(call, exc, started)
+            raise
         self.calls += 1
-        self.tokens_used += completion.total_tokens
-        if completion.text is None:  # a provider that breaks its protocol
-            raise ProviderError("the model returned no text")
+        self._count(completion)
+        self.journal.complete(call, completion, self._elapsed_ms(started))
         return completion.text
+
+    def _count(self, completion: Completion) -> None:
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
+        self.cached_tokens += min(completion.cached_tokens, completion.prompt_tokens)
+
+    def _elapsed_ms(self, started: float) -> int:
+        return max(0, int((self.deadline.clock.monotonic() - started) * 1000))
+
+    def _record_failure(self, call: ModelCall, exc: BaseException, started: float) -> None:
+        try:
+            self.journal.fail(call, exc, self._elapsed_ms(started))
+        except Exception:  # the call's own error matters more; the next attempt redoes the step
+            logger.warning(
+                "%scould not record that step %d failed", self.log_prefix, call.index, exc_info=True
+            )

@@ -61,6 +61,10 @@ class Task(Base):
     agent_config: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'"))
     tokens_used: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     credits_used: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: Token kinds summed over the task's finished runs (see TaskRun).
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     result: Mapped[str | None] = mapped_column(Text)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

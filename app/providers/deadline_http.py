@@ -53,6 +53,15 @@ class _ThreadState(threading.local):
 
 _thread = _ThreadState()
 _next_shard = itertools.count()
+#: When the worker is stopping: every call of the process ends by then (monotonic), whatever
+#: its own deadline (app.services.leases.LeaseKeeper.begin_stop).
+_stop_deadline: float | None = None
+
+
+def set_stop_deadline(deadline: float | None) -> None:
+    """Cut every call of this process at `deadline` (monotonic); None lifts the cut."""
+    global _stop_deadline
+    _stop_deadline = deadline
 
 
 @contextmanager
@@ -69,6 +78,8 @@ def call_deadline(deadline: float) -> Iterator[None]:
 def _clamp(timeout: float | None, expired: type[httpcore.TimeoutException]) -> float | None:
     """`timeout` shortened to the time left before this thread's deadline; raises once it passed."""
     deadline = _thread.deadline
+    if _stop_deadline is not None and deadline is not None:
+        deadline = min(deadline, _stop_deadline)
     if deadline is None:
         return timeout
     remaining = deadline - time.monotonic()

@@ -9,7 +9,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 
-from app.providers.base import ChatMessage, Completion
+from app.providers.base import ChatMessage, Completion, DeltaCallback
 
 OFFLINE_MODEL = "offline-deterministic-v1"
 PLAN_MARKER = "Respond with a JSON array of steps"
@@ -38,6 +38,7 @@ class OfflineProvider:
         model: str | None,
         max_tokens: int,
         timeout_s: float,
+        on_delta: DeltaCallback | None = None,
     ) -> Completion:
         prompt = "\n".join(message.content for message in messages)
         last = messages[-1].content if messages else ""
@@ -60,8 +61,11 @@ class OfflineProvider:
             text = f'{tag} Result for the goal "{goal[:200]}". Steps worked through: {done}.'
         else:
             text = f"{tag} {last.strip()[:160] or '(empty prompt)'}"
-        words = text.split()
-        text = " ".join(words[: max(1, max_tokens)])
+        words = text.split()[: max(1, max_tokens)]
+        text = " ".join(words)
+        if on_delta is not None:  # streams its words one by one, as a model would
+            for number, word in enumerate(words):
+                on_delta(word if number == 0 else " " + word)
         return Completion(
             text=text,
             prompt_tokens=_count_tokens(prompt),

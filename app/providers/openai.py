@@ -22,7 +22,7 @@ from types import TracebackType
 import httpx
 
 from app.errors import ProviderError, RunTimeout
-from app.providers.base import ChatMessage, Completion
+from app.providers.base import ChatMessage, Completion, DeltaCallback
 from app.providers.deadline_http import (
     DEADLINE_MESSAGE,
     EXCERPT_CHARS,
@@ -98,6 +98,7 @@ class OpenAIProvider:
         model: str | None,
         max_tokens: int,
         timeout_s: float,
+        on_delta: DeltaCallback | None = None,
     ) -> Completion:
         if timeout_s <= 0:
             raise RunTimeout(DEADLINE_MESSAGE)

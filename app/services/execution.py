@@ -1,4 +1,10 @@
-"""One delivery of a run's message: claim, hold credits, run the agent, record the outcome."""
+"""One delivery of a run's message: claim, hold credits, run the agent, record the outcome.
+
+The agent resumes from the run's recorded steps (app.services.run_steps); while it runs, the
+process's `LeaseKeeper` renews the run's lease. An attempt that finds its run claimed again
+(`AttemptLost`) stops and writes nothing; one interrupted because the worker is stopping
+(`AttemptHandedBack`) gives the run back for another worker to resume at once.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +20,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.agents.registry import AGENT_TYPES, get_agent
 from app.agents.runtime import AgentRun, Deadline
+from app.agents.steps import AttemptHandedBack, AttemptLost, BeforeCall, ModelCall
 from app.clock import SYSTEM_CLOCK, Clock
 from app.errors import InsufficientCredits, RunFailure, UnknownAgent
 from app.models import TaskRun
 from app.providers.base import ModelProvider
 from app.services import credits
 from app.services.dispatch import Dispatch
+from app.services.leases import LeaseKeeper, hand_back
 from app.services.retry import backoff_ms
+from app.services.run_steps import PostgresJournal
 from app.services.runs import ClaimedRun, Outcome, claim_run, finish, retry_later
 from app.settings import Settings
 
@@ -40,6 +49,21 @@ class RunEnvironment:
     provider: ModelProvider
     settings: Settings
     clock: Clock = field(default=SYSTEM_CLOCK)
+    #: Renews the leases of this process's running runs (built from the settings when None).
+    leases: LeaseKeeper = field(default=None)  # type: ignore[assignment]
+    #: Checks made before every model call, in order (budget, provider rate limits, ...).
+    before_call: list[BeforeCall] = field(default_factory=list)
+    #: Receives the live pieces of each streamed answer (app.services.run_deltas); None: dropped.
+    on_delta: Callable[[uuid.UUID, PostgresJournal, ModelCall, str], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.leases is None:
+            self.leases = LeaseKeeper(
+                self.session_factory,
+                self.clock,
+                lease_s=self.settings.run_lease_s,
+                heartbeat_s=self.settings.run_heartbeat_s,
+            )
 
 
 def execute_run(env: RunEnvironment, run_id: uuid.UUID) -> Dispatch | None:
@@ -51,7 +75,13 @@ def execute_run(env: RunEnvironment, run_id: uuid.UUID) -> Dispatch | None:
     claimed = _claim(env, run_id)
     if claimed is None:
         return None
-    outcome = _attempt(env, claimed)
+    with env.leases.holding(claimed.run_id, claimed.attempt):
+        try:
+            outcome = _attempt(env, claimed)
+        except AttemptLost:
+            return None  # a newer attempt owns the run; this one writes nothing more
+        except AttemptHandedBack:
+            return _hand_back(env, claimed)
     for pause_s in (*RECORD_RETRY_PAUSES_S, None):
         try:
             return _record(env, claimed, outcome)
@@ -112,7 +142,7 @@ def _claim(env: RunEnvironment, run_id: uuid.UUID) -> ClaimedRun | None:
             session,
             run_id,
             now=now,
-            lease_grace_ms=env.settings.run_lease_grace_ms,
+            lease_ms=int(env.settings.run_lease_s * 1000),
             reservation=reservation,
         )
         if claimed is None:
@@ -140,7 +170,26 @@ def _claim(env: RunEnvironment, run_id: uuid.UUID) -> ClaimedRun | None:
         return claimed
 
 
+def _hand_back(env: RunEnvironment, claimed: ClaimedRun) -> Dispatch | None:
+    """Give the run back (lease released, attempt not used up) and return its new message."""
+    for pause_s in (*RECORD_RETRY_PAUSES_S[:2], None):
+        try:
+            with env.session_factory.begin() as session:
+                dispatch = hand_back(session, claimed.run_id, claimed.attempt, env.clock.now())
+        except (OperationalError, InterfaceError):
+            if pause_s is None:
+                logger.warning("run %s: could not hand it back; its lease will lapse", claimed.run_id)
+                return None
+            time.sleep(pause_s)
+            continue
+        logger.info("run %s: handed back for another worker (this one is stopping)", claimed.run_id)
+        return dispatch
+    return None
+
+
 def _attempt(env: RunEnvironment, claimed: ClaimedRun) -> Outcome:
+    journal = PostgresJournal(env.session_factory, claimed.run_id, claimed.attempt, env.clock)
+    on_delta = env.on_delta
     agent_run = AgentRun(
         get_agent(claimed.agent_type),
         claimed.goal,
@@ -155,11 +204,23 @@ def _attempt(env: RunEnvironment, claimed: ClaimedRun) -> Outcome:
         ),
         model=claimed.model,
         should_stop=_cancel_probe(env, claimed.run_id),
+        should_hand_back=env.leases.stopping.is_set,
+        journal=journal,
+        before_call=env.before_call,
+        on_delta=(
+            (lambda call, piece: on_delta(claimed.run_id, journal, call, piece))
+            if on_delta is not None
+            else None
+        ),
         log_prefix=f"run {claimed.run_id}: ",
     )
     try:
         result = agent_run.run()
+    except (AttemptLost, AttemptHandedBack):
+        raise
     except RunFailure as exc:
+        if exc.retryable and env.leases.stopping.is_set():
+            raise AttemptHandedBack("the worker stopped during a model call") from exc
         return Outcome(
             tokens=agent_run.tokens_used,
             error_code=exc.code,

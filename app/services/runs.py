@@ -24,6 +24,9 @@ from app.services.dispatch import Dispatch
 from app.services.task_input import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_MS
 
 RUN_FINISHED_CHANNEL = "agentsched_run_finished"
+#: Notified (payload: the run id) on every status change and step write of a run; each takes the
+#: run's next `event_seq` (the order of its live events, app.services.run_feed).
+RUN_EVENTS_CHANNEL = "agentsched_run_events"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +121,10 @@ _CLAIM = text(
            SET status = 'running',
                attempts = r.attempts + 1,
                started_at = COALESCE(r.started_at, :now),
-               lease_expires_at = :now + (r.timeout_ms + :grace_ms) * interval '1 millisecond',
+               -- a lease, renewed by the worker's heartbeat (app.services.leases)
+               lease_expires_at = :now + :lease_ms * interval '1 millisecond',
                not_before = NULL,
+               event_seq = r.event_seq + 1, status_seq = r.event_seq + 1,
                credits_reserved = COALESCE((SELECT amount FROM held), r.credits_reserved)
           FROM target, tasks AS t
          WHERE r.id = target.id AND t.id = r.task_id
@@ -131,13 +136,14 @@ _CLAIM = text(
         UPDATE tasks SET status = 'running', updated_at = :now
          WHERE id = (SELECT task_id FROM claimed WHERE one_off) AND status <> 'cancelled'
     )
-    SELECT * FROM claimed
+    SELECT claimed.* FROM claimed,
+           LATERAL (SELECT pg_notify(:events_channel, CAST(claimed.id AS text))) AS notified
     """
 )
 
 
 def claim_run(
-    session: Session, run_id: uuid.UUID, *, now: datetime, lease_grace_ms: int, reservation: int
+    session: Session, run_id: uuid.UUID, *, now: datetime, lease_ms: int, reservation: int
 ) -> ClaimedRun | None:
     """Take the run for one attempt, or None when it is not ours to run (duplicate, late, done).
 
@@ -149,7 +155,8 @@ def claim_run(
         {
             "run_id": run_id,
             "now": now,
-            "grace_ms": lease_grace_ms,
+            "lease_ms": lease_ms,
+            "events_channel": RUN_EVENTS_CHANNEL,
             "amount": reservation,
             "period": credits.month_of(now),
         },
@@ -165,18 +172,21 @@ _REQUEUE = text(
         UPDATE task_runs
            SET status = 'queued', not_before = :not_before, lease_expires_at = NULL,
                message_sent_at = NULL, message_id = NULL,
-               tokens_used = :tokens, error = CAST(:error AS jsonb)
+               tokens_used = :tokens, error = CAST(:error AS jsonb),
+               event_seq = event_seq + 1, status_seq = event_seq + 1
          WHERE id = :run_id AND status = 'running' AND attempts = :attempt
         RETURNING id, task_id
     ), task_follows AS (
-        -- The totals of the task include the tokens of attempts whose run waits for a retry.
+        -- The totals of the task include the tokens of attempts whose run waits for a retry:
+        -- each step's tokens are added to its run and task as the step completes
+        -- (app.services.run_steps), so neither a retry nor a crash loses them.
         UPDATE tasks
            SET status = CASE WHEN cron IS NULL AND status <> 'cancelled' THEN 'queued'
                              ELSE status END,
-               tokens_used = tokens_used + :attempt_tokens, updated_at = :now
+               updated_at = :now
          WHERE id = (SELECT task_id FROM requeued)
     )
-    SELECT id FROM requeued
+    SELECT id, pg_notify(:events_channel, CAST(id AS text)) FROM requeued
     """
 )
 
@@ -191,6 +201,7 @@ _FINISH = text(
                tokens_over_budget = :over_budget,
                -- the last attempt of a dead worker is claimed as attempt max+1 only to be failed
                attempts = LEAST(attempts, max_attempts),
+               event_seq = event_seq + 1, status_seq = event_seq + 1,
                result = :result, error = CAST(:error AS jsonb)
          WHERE id = :run_id AND status = 'running' AND attempts = :attempt
         RETURNING id, task_id, user_id
@@ -208,7 +219,8 @@ _FINISH = text(
                              WHEN cron IS NULL THEN :status
                              ELSE 'pending' END,
                result = :result, error = CAST(:error AS jsonb),
-               tokens_used = tokens_used + :attempt_tokens, credits_used = credits_used + :charge,
+               -- (the task's tokens were added step by step: app.services.run_steps)
+               credits_used = credits_used + :charge,
                last_run_at = :now, updated_at = :now
          WHERE id = (SELECT task_id FROM finished)
     )
@@ -237,6 +249,7 @@ def retry_later(
             "attempt_tokens": outcome.tokens,
             "error": _error_json(outcome),
             "now": now,
+            "events_channel": RUN_EVENTS_CHANNEL,
         },
     ).first()
     if row is None:
@@ -286,7 +299,17 @@ def finish(
 
 
 def notify_finished(session: Session, run_id: uuid.UUID) -> None:
-    """Wake whoever waits for this run (delivered by Postgres at commit)."""
+    """Wake whoever waits for this run (delivered by Postgres at commit).
+
+    Its status changed: that takes the run's next event number, for its live event stream.
+    """
+    session.execute(
+        text(
+            "UPDATE task_runs SET event_seq = event_seq + 1, status_seq = event_seq + 1"
+            " WHERE id = :run_id"
+        ),
+        {"run_id": run_id},
+    )
     session.execute(
         text("SELECT pg_notify(:channel, :run_id)"),
         {"channel": RUN_FINISHED_CHANNEL, "run_id": str(run_id)},

@@ -65,6 +65,8 @@ class OpenAIStub:
         self._failure_status = 500
         self._always_status = 500
         self._delay_s = 0.0
+        #: (substring of the last user message, failures left, status) from `fail_matching`
+        self._matching_failures: list[list[Any]] = []
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -149,6 +151,11 @@ class OpenAIStub:
             self._failures_left = n
             self._failure_status = status
 
+    def fail_matching(self, text: str, times: int = 1, status: int = 500) -> None:
+        """The next `times` requests whose last user message contains `text` get `status`."""
+        with self._lock:
+            self._matching_failures.append([text, times, status])
+
     def always_fail(self, status: int = 500) -> None:
         with self._lock:
             self._mode = "always_fail"
@@ -165,6 +172,15 @@ class OpenAIStub:
             self._delay_s = max(0.0, seconds)
 
     # --- serving --------------------------------------------------------------------------
+
+    def _match_failure(self, body: dict[str, Any]) -> int | None:
+        """A `fail_matching` failure for this request, if one is due (call with the lock held)."""
+        last = _last_user_message(body)
+        for entry in self._matching_failures:
+            if entry[1] > 0 and entry[0] in last:
+                entry[1] -= 1
+                return int(entry[2])
+        return None
 
     def _register(self, sock: socket.socket, thread: threading.Thread) -> None:
         with self._lock:
@@ -197,6 +213,8 @@ class OpenAIStub:
                 failure = self._failure_status
             elif mode == "always_fail":
                 failure = self._always_status
+            elif body is not None and (matched := self._match_failure(body)) is not None:
+                failure = matched
             text, raw_answer = self._text, self._raw
             tokens = (self._prompt_tokens, self._completion_tokens)
 
@@ -287,11 +305,15 @@ def _send_error(handler: BaseHTTPRequestHandler, status: int, message: str) -> N
     _send(handler, status, json.dumps({"error": error}).encode())
 
 
-def _deterministic_answer(body: dict[str, Any]) -> str:
+def _last_user_message(body: dict[str, Any]) -> str:
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     users = [m for m in messages if m.get("role") == "user"]
     last = (users or messages or [{}])[-1].get("content")
-    last = last if isinstance(last, str) else ""
+    return last if isinstance(last, str) else ""
+
+
+def _deterministic_answer(body: dict[str, Any]) -> str:
+    last = _last_user_message(body)
     if "JSON array" in last:
         return PLAN_ANSWER
     return f"stub answer: {last[:40]}"

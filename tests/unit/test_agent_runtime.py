@@ -9,6 +9,7 @@ import pytest
 
 from app.agents.registry import AGENT_TYPES, get_agent
 from app.agents.runtime import AgentRun, Deadline
+from app.agents.steps import MemoryJournal, ModelCall
 from app.clock import SYSTEM_CLOCK, FrozenClock
 from app.errors import RunCancelled, RunTimeout, UnknownAgent
 from app.providers.base import ChatMessage, Completion
@@ -28,7 +29,13 @@ class ScriptedProvider:
         self.max_tokens: list[int] = []
 
     def complete(
-        self, messages: Sequence[ChatMessage], *, model: str | None, max_tokens: int, timeout_s: float
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        model: str | None,
+        max_tokens: int,
+        timeout_s: float,
+        on_delta: object = None,
     ) -> Completion:
         self.prompts.append(messages[-1].content)
         self.max_tokens.append(max_tokens)
@@ -114,3 +121,60 @@ def test_the_offline_provider_is_deterministic_and_says_it_called_no_model():
     assert "offline provider" in result
     assert "no model was called" in result
     assert first.tokens_used == second.tokens_used > 0
+
+
+def test_a_resumed_run_reuses_every_completed_step_and_calls_only_for_the_rest():
+    journal = MemoryJournal(outputs={0: '["a", "b", "c"]', 1: "out a", 2: "out b"})
+    provider = ScriptedProvider(["out c", "final"])
+    run = AgentRun(
+        get_agent("research_agent"),
+        "Compare three vendors",
+        provider=provider,  # type: ignore[arg-type]
+        deadline=Deadline.after_ms(SYSTEM_CLOCK, 60_000),
+        token_budget=20_000,
+        journal=journal,
+    )
+    assert run.run() == "final"
+    assert (run.calls, run.replayed) == (2, 3)
+    assert journal.started == [3, 4]  # step c (index 3), then the final call (index 4)
+    assert "Now do step 3 of 3: c" in provider.prompts[0]
+    assert "out a" in provider.prompts[0]  # earlier outputs are fed on
+    assert "out b" in provider.prompts[0]
+    assert "out c" in provider.prompts[1]
+    assert run.tokens_used == 2 * 20  # replayed steps were paid for by the attempt that made them
+
+
+def test_before_call_hooks_see_each_call_and_can_stop_the_attempt():
+    seen: list[tuple[int, str, int]] = []
+
+    def hook(call: ModelCall) -> None:
+        seen.append((call.index, call.kind, call.max_tokens))
+        if call.kind == "final":
+            raise RunTimeout("no room left")
+
+    provider = ScriptedProvider(['["a"]', "x", "never"])
+    run = AgentRun(
+        get_agent("research_agent"),
+        "goal",
+        provider=provider,  # type: ignore[arg-type]
+        deadline=Deadline.after_ms(SYSTEM_CLOCK, 60_000),
+        token_budget=20_000,
+        before_call=[hook],
+    )
+    with pytest.raises(RunTimeout):
+        run.run()
+    assert [(i, k) for i, k, _ in seen] == [(0, "plan"), (1, "step"), (2, "final")]
+    assert run.calls == 2
+
+
+def test_the_offline_provider_streams_its_answer_word_by_word():
+    pieces: list[str] = []
+    completion = OfflineProvider().complete(
+        [ChatMessage("user", "Goal: x\n\nNow do step 1 of 1: look")],
+        model=None,
+        max_tokens=100,
+        timeout_s=5,
+        on_delta=pieces.append,
+    )
+    assert len(pieces) > 3
+    assert "".join(pieces) == completion.text

@@ -1,0 +1,209 @@
+"""A run's steps in Postgres: the journal an attempt writes and resumes from, and the step views.
+
+Each write is one short autocommit statement; none is held across a model call. Every write is
+fenced on the attempt: it bumps the run's `event_seq` only while the run is `running` under this
+attempt number, in the same statement (the UPDATE waits for a concurrent claim's row lock, then
+re-checks), so a worker that comes back from a pause cannot overwrite a newer attempt's steps.
+The write takes the run's next event number, stores it on the step (`seq`), and notifies the
+run-events channel, which the API's one listener fans out to live event streams.
+
+A step's tokens are added to the run's and the task's totals in the statement that completes it,
+so a run resumed after a crash (or retried) already carries what its completed steps cost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.agents.steps import AttemptLost, ModelCall
+from app.clock import Clock
+from app.errors import RunFailure
+from app.models import RunStep
+from app.models.enums import StepStatus
+from app.providers.base import Completion
+from app.services.runs import RUN_EVENTS_CHANNEL
+
+logger = logging.getLogger(__name__)
+
+
+_COMPLETED_OUTPUTS = text(
+    "SELECT index, output FROM run_steps WHERE run_id = :run_id AND status = 'completed'"
+)
+
+_START = text(
+    """
+    WITH run AS (
+        UPDATE task_runs SET event_seq = event_seq + 1
+         WHERE id = :run_id AND status = 'running' AND attempts = :attempt
+        RETURNING id, event_seq
+    ), step AS (
+        INSERT INTO run_steps (run_id, index, kind, title, status, attempt, model, started_at,
+                               seq, start_seq)
+        SELECT id, :index, :kind, :title, 'running', :attempt, :model, :now, event_seq, event_seq
+          FROM run
+        ON CONFLICT (run_id, index) DO UPDATE
+           SET kind = EXCLUDED.kind, title = EXCLUDED.title, status = 'running',
+               attempt = EXCLUDED.attempt, model = EXCLUDED.model, prompt_tokens = 0,
+               completion_tokens = 0, cached_tokens = 0, usage_estimated = false,
+               latency_ms = NULL, started_at = EXCLUDED.started_at, finished_at = NULL,
+               output = NULL, error = NULL, seq = EXCLUDED.seq, start_seq = EXCLUDED.start_seq
+         WHERE run_steps.status <> 'completed'
+        RETURNING run_id, seq
+    )
+    SELECT seq, pg_notify(:channel, CAST(run_id AS text)) FROM step
+    """
+)
+
+_END = text(
+    """
+    WITH run AS (
+        UPDATE task_runs
+           SET event_seq = event_seq + 1,
+               prompt_tokens = prompt_tokens + :prompt_tokens,
+               completion_tokens = completion_tokens + :completion_tokens,
+               cached_tokens = cached_tokens + :cached_tokens,
+               tokens_used = tokens_used + :prompt_tokens + :completion_tokens,
+               step_count = step_count + CASE WHEN :status = 'completed' THEN 1 ELSE 0 END
+         WHERE id = :run_id AND status = 'running' AND attempts = :attempt
+        RETURNING id, task_id, event_seq
+    ), task_totals AS (
+        UPDATE tasks
+           SET prompt_tokens = prompt_tokens + :prompt_tokens,
+               completion_tokens = completion_tokens + :completion_tokens,
+               cached_tokens = cached_tokens + :cached_tokens,
+               tokens_used = tokens_used + :prompt_tokens + :completion_tokens
+         WHERE id = (SELECT task_id FROM run) AND :prompt_tokens + :completion_tokens > 0
+    ), step AS (
+        UPDATE run_steps AS s
+           SET status = :status, model = COALESCE(:model, s.model),
+               prompt_tokens = :prompt_tokens, completion_tokens = :completion_tokens,
+               cached_tokens = :cached_tokens, usage_estimated = :usage_estimated,
+               latency_ms = :latency_ms, finished_at = :now, output = :output,
+               error = CAST(:error AS jsonb), seq = run.event_seq
+          FROM run
+         WHERE s.run_id = run.id AND s.index = :index AND s.attempt = :attempt
+        RETURNING s.run_id, s.seq
+    )
+    SELECT seq, pg_notify(:channel, CAST(run_id AS text)) FROM step
+    """
+)
+
+
+def error_body(error: BaseException) -> dict[str, str]:
+    """The `{code, message}` a failed step records."""
+    if isinstance(error, RunFailure):
+        return {"code": error.code, "message": error.message}
+    return {"code": "internal", "message": f"{type(error).__name__}: {error}"}
+
+
+class PostgresJournal:
+    """The steps of one attempt of one run; see the module docstring."""
+
+    def __init__(
+        self, session_factory: sessionmaker[Session], run_id: uuid.UUID, attempt: int, clock: Clock
+    ) -> None:
+        self.session_factory = session_factory
+        self.run_id = run_id
+        self.attempt = attempt
+        self.clock = clock
+        #: Event number of each running step's start (its live deltas are numbered after it).
+        self.start_seqs: dict[int, int] = {}
+
+    def completed_outputs(self) -> Mapping[int, str]:
+        with self.session_factory() as session:
+            rows = session.execute(_COMPLETED_OUTPUTS, {"run_id": self.run_id}).all()
+        return {int(row[0]): str(row[1] or "") for row in rows}
+
+    def start(self, call: ModelCall) -> None:
+        seq = self._write(
+            _START,
+            {
+                "index": call.index,
+                "kind": call.kind,
+                "title": call.title,
+                "model": call.model,
+            },
+        )
+        self.start_seqs[call.index] = seq
+
+    def complete(self, call: ModelCall, completion: Completion, latency_ms: int) -> None:
+        self._end(
+            call,
+            StepStatus.COMPLETED,
+            latency_ms,
+            output=completion.text,
+            model=completion.model,
+            tokens=(completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens),
+            usage_estimated=completion.usage_estimated,
+        )
+
+    def fail(self, call: ModelCall, error: BaseException, latency_ms: int) -> None:
+        if isinstance(error, AttemptLost):
+            return
+        self._end(call, StepStatus.FAILED, latency_ms, error=error_body(error))
+
+    def _end(
+        self,
+        call: ModelCall,
+        status: StepStatus,
+        latency_ms: int,
+        *,
+        output: str | None = None,
+        model: str | None = None,
+        tokens: tuple[int, int, int] = (0, 0, 0),
+        usage_estimated: bool = False,
+        error: dict[str, str] | None = None,
+    ) -> None:
+        prompt_tokens, completion_tokens, cached_tokens = tokens
+        self._write(
+            _END,
+            {
+                "index": call.index,
+                "status": status.value,
+                "model": model,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "cached_tokens": min(cached_tokens, prompt_tokens),
+                "usage_estimated": usage_estimated,
+                "latency_ms": latency_ms,
+                "output": output,
+                "error": json.dumps(error) if error is not None else None,
+            },
+        )
+        self.start_seqs.pop(call.index, None)
+
+    def _write(self, statement: Any, params: dict[str, Any]) -> int:
+        with self.session_factory.begin() as session:
+            seq = session.execute(
+                statement,
+                {
+                    **params,
+                    "run_id": self.run_id,
+                    "attempt": self.attempt,
+                    "now": self.clock.now(),
+                    "channel": RUN_EVENTS_CHANNEL,
+                },
+            ).scalar()
+        if seq is None:
+            logger.warning("run %s attempt %d lost its claim; stopping", self.run_id, self.attempt)
+            raise AttemptLost(f"run {self.run_id} attempt {self.attempt} was claimed again")
+        return int(seq)
+
+
+def list_steps(session: Session, run_id: uuid.UUID) -> Sequence[RunStep]:
+    """A run's steps in order (plan, steps, final)."""
+    return session.scalars(select(RunStep).where(RunStep.run_id == run_id).order_by(RunStep.index)).all()
+
+
+def steps_after(session: Session, run_id: uuid.UUID, seq: int) -> Sequence[RunStep]:
+    """The run's steps written after event number `seq`, in the order they were written."""
+    return session.scalars(
+        select(RunStep).where(RunStep.run_id == run_id, RunStep.seq > seq).order_by(RunStep.seq)
+    ).all()
