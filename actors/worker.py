@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.db import make_engine, make_session_factory
+from app.metrics_sharing import MetricsPublisher
 from app.providers import make_provider
 from app.services.execution import RunEnvironment
 from app.settings import Settings
@@ -90,6 +91,7 @@ class WorkerSetup(Middleware):
         global _settings
         _settings = settings
         self.settings = settings
+        self.metrics: MetricsPublisher | None = None
 
     def before_worker_boot(self, broker: Any, worker: Any) -> None:
         if _started_by_dramatiq_cli_without_threads():
@@ -101,3 +103,9 @@ class WorkerSetup(Middleware):
             worker.worker_timeout = WORKER_POLL_TIMEOUT_MS
         logger.info("worker starting with %d threads", worker.worker_threads)
         run_environment(worker.worker_threads)
+        # Run counters, durations and model calls reach the API's /metrics through Redis.
+        self.metrics = (self.metrics or MetricsPublisher(broker.client)).start()
+
+    def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()

@@ -75,6 +75,20 @@ HTTP_REQUEST_DURATION = Histogram(
     registry=REGISTRY,
 )
 
+SCHEDULING_PASS_DURATION = Histogram(
+    "agentsched_scheduling_pass_duration_seconds",
+    "Duration of one scheduling pass (claiming due tasks and queueing their runs).",
+    buckets=HTTP_BUCKETS_S,
+    registry=REGISTRY,
+)
+SCHEDULE_SLOTS = Counter(
+    "agentsched_schedule_slots",
+    "Schedule slots handled by scheduling passes, by outcome (queued; skipped: the previous "
+    "run still going; missed: older slots after downtime, never run).",
+    ("outcome",),
+    registry=REGISTRY,
+)
+
 # -- gauges (set by the API at scrape time, from Redis)
 
 QUEUE_DEPTH = Gauge(
@@ -110,16 +124,30 @@ def record_model_call(
             TOKENS.labels(kind).inc(count)
 
 
-def record_attempt(status: str, seconds: float, *, agent_type: str, final: bool) -> None:
-    """One attempt of a run ended; `final` when it was the run's end (no retry follows)."""
-    RUN_DURATION.labels(status).observe(seconds)
-    if final:
-        RUNS.labels(status, agent_type).inc()
+def run_status(error_code: str | None) -> str:
+    """The status a run ends in for an outcome's error code (as app.services.runs.finish says)."""
+    if error_code is None:
+        return "completed"
+    return "cancelled" if error_code == "cancelled" else "failed"
 
 
-def record_run_ended(status: str, agent_type: str) -> None:
+def record_attempt(error_code: str | None, seconds: float, *, agent_type: str, retried: bool) -> None:
+    """One attempt of a run ended after `seconds`: a retry follows, or the run ended."""
+    RUN_DURATION.labels("retrying" if retried else run_status(error_code)).observe(seconds)
+    if not retried:
+        RUNS.labels(run_status(error_code), agent_type).inc()
+
+
+def record_run_ended(error_code: str | None, agent_type: str) -> None:
     """A run ended without an attempt (cancelled before it started, no credits, ...)."""
-    RUNS.labels(status, agent_type).inc()
+    RUNS.labels(run_status(error_code), agent_type).inc()
+
+
+def record_scheduling_pass(seconds: float, *, queued: int, skipped: int, missed: int) -> None:
+    """One scheduling pass took `seconds` and handled these slots."""
+    SCHEDULING_PASS_DURATION.observe(seconds)
+    for outcome, count in (("queued", queued), ("skipped", skipped), ("missed", missed)):
+        SCHEDULE_SLOTS.labels(outcome).inc(count)
 
 
 def record_lateness(seconds: float) -> None:

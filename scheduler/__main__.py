@@ -44,6 +44,9 @@ def main() -> int:
     scheduler = BlockingScheduler(executors={"default": ThreadPoolExecutor(EXECUTOR_THREADS)}, timezone="UTC")
     add_jobs(scheduler, ctx)
 
+    from app.metrics_sharing import MetricsPublisher
+
+    metrics = MetricsPublisher(actors.broker.client).start()  # reaches the API's /metrics
     stopping: list[threading.Thread] = []
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -78,6 +81,7 @@ def main() -> int:
         engine.dispose()
         logger.info("scheduler %s stopped", ctx.scheduler_id)
     return 0
+        metrics.stop()
 
 
 if __name__ == "__main__":

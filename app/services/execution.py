@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics
 from app.agents.registry import AGENT_TYPES, get_agent
 from app.agents.runtime import AgentRun, Deadline
 from app.agents.steps import AttemptHandedBack, AttemptLost, BeforeCall, ModelCall
@@ -25,6 +26,7 @@ from app.clock import SYSTEM_CLOCK, Clock
 from app.errors import InsufficientCredits, RunFailure, UnknownAgent
 from app.models import TaskRun
 from app.providers.base import ModelProvider
+from app.providers.metered import metered
 from app.services import credits
 from app.services.dispatch import Dispatch
 from app.services.leases import LeaseKeeper, hand_back
@@ -75,6 +77,7 @@ def execute_run(env: RunEnvironment, run_id: uuid.UUID) -> Dispatch | None:
     claimed = _claim(env, run_id)
     if claimed is None:
         return None
+    started_s = time.perf_counter()
     with env.leases.holding(claimed.run_id, claimed.attempt):
         try:
             outcome = _attempt(env, claimed)
@@ -82,14 +85,20 @@ def execute_run(env: RunEnvironment, run_id: uuid.UUID) -> Dispatch | None:
             return None  # a newer attempt owns the run; this one writes nothing more
         except AttemptHandedBack:
             return _hand_back(env, claimed)
+    attempt_s = time.perf_counter() - started_s
     for pause_s in (*RECORD_RETRY_PAUSES_S, None):
         try:
-            return _record(env, claimed, outcome)
+            retry = _record(env, claimed, outcome)
         except (OperationalError, InterfaceError):
             if pause_s is None:
                 raise  # Dramatiq redelivers; the claim waits for the lease to expire
             logger.warning("run %s: recording its outcome failed; trying again", run_id, exc_info=True)
             time.sleep(pause_s)
+            continue
+        metrics.record_attempt(
+            outcome.error_code, attempt_s, agent_type=claimed.agent_type, retried=retry is not None
+        )
+        return retry
     return None
 
 
@@ -125,6 +134,7 @@ def _record(env: RunEnvironment, claimed: ClaimedRun, outcome: Outcome) -> Dispa
 
 def _fail_now(session: Session, env: RunEnvironment, claimed: ClaimedRun, code: str, message: str) -> None:
     logger.info("run %s failed without retry: %s", claimed.run_id, message)
+    metrics.record_run_ended(code, claimed.agent_type)
     finish(
         session,
         claimed,
@@ -148,6 +158,8 @@ def _claim(env: RunEnvironment, run_id: uuid.UUID) -> ClaimedRun | None:
         if claimed is None:
             logger.debug("run %s: nothing to claim (duplicate or late delivery)", run_id)
             return None
+        if claimed.attempt == 1 and claimed.scheduled_for is not None:
+            metrics.record_lateness((now - claimed.scheduled_for).total_seconds())
         if claimed.cancel_requested:
             _fail_now(session, env, claimed, "cancelled", "the task was cancelled")
             return None
@@ -193,7 +205,7 @@ def _attempt(env: RunEnvironment, claimed: ClaimedRun) -> Outcome:
     agent_run = AgentRun(
         get_agent(claimed.agent_type),
         claimed.goal,
-        provider=env.provider,
+        provider=metered(env.provider),
         deadline=Deadline.after_ms(env.clock, claimed.timeout_ms),
         token_budget=max(
             0,

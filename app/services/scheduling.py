@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics
 from app.cron import CronSchedule, latest_fire_at_or_before, next_fire, parse_schedule
 from app.errors import InvalidInput
 from app.models.enums import RunStatus
@@ -201,6 +203,7 @@ def run_scheduling_pass(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     now = now.astimezone(UTC)
+    started_s = time.perf_counter()
     fire_times = _FireTimes(now)
     total = PassResult()
     with _Sender(send) as sender:
@@ -224,6 +227,12 @@ def run_scheduling_pass(
         )
     if redis_client is not None and total.missed_slots:
         record_missed_slots(redis_client, total.missed_slots, now)
+    metrics.record_scheduling_pass(
+        time.perf_counter() - started_s,
+        queued=total.runs_queued,
+        skipped=total.runs_skipped,
+        missed=total.missed_slots,
+    )
     return total
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -65,7 +66,12 @@ def record_scheduler_heartbeat(
 ) -> None:
     """Say that this scheduler process is alive (for `ttl_s` seconds) and since when."""
     value = json.dumps(
-        {"startedAt": started_at.timestamp(), "pid": os.getpid(), "host": socket.gethostname()}
+        {
+            "startedAt": started_at.timestamp(),
+            "beatAt": time.time(),  # for the heartbeat-age gauge on /metrics
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
     )
     redis_client.set(SCHEDULER_KEY_PREFIX + scheduler_id, value, ex=ttl_s)
 
