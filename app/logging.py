@@ -9,4 +9,5 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [%(processName)s %(threadName)s] %(name)
 
 
 def configure_logging(level: str | None = None) -> None:
-    logging.basicConfig(level=(level or os.environ.get("LOG_LEVEL", "INFO")).upper(), format=LOG_FORMAT)
+    # An empty LOG_LEVEL (compose passes an unset `${LOG_LEVEL:-}` so) counts as unset.
+    logging.basicConfig(level=(level or os.environ.get("LOG_LEVEL") or "INFO").upper(), format=LOG_FORMAT)
