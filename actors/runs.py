@@ -11,8 +11,10 @@ import uuid
 import dramatiq
 
 from actors.sending import send_dispatches
+from actors.webhooks import install_outbox
 from actors.worker import run_environment
 from app.models.enums import Priority
+from app.services.concurrency import release_after_delivery
 from app.services.dispatch import ACTOR_PRIORITY, actor_name, queue_name
 from app.services.execution import execute_run
 
@@ -22,9 +24,13 @@ ACTOR_TIME_LIMIT_MS = 3_600_000 + 300_000
 
 def execute(run_id: str) -> None:
     env = run_environment()
+    install_outbox(env.session_factory)  # the run's webhook message goes out after its end commits
     retry = execute_run(env, uuid.UUID(run_id))
-    if retry is not None:
-        send_dispatches(env.session_factory, [retry], env.clock)
+    to_send = [retry] if retry is not None else []
+    # A run that left `running` frees a slot of its user: its next waiting runs go out now.
+    to_send += release_after_delivery(env.session_factory, uuid.UUID(run_id), env.clock.now())
+    if to_send:
+        send_dispatches(env.session_factory, to_send, env.clock)
 
 
 RUN_ACTORS: dict[str, dramatiq.Actor[[str], None]] = {

@@ -8,17 +8,20 @@ from typing import Any
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.logging.config import LoggingConfig
-from litestar.openapi import OpenAPIConfig
+from litestar.plugins.pydantic import PydanticInitPlugin
 
+from api.body import ApiRequest
+from api.dashboard import dashboard_router, template_config
 from api.errors import EXCEPTION_HANDLERS
 from api.http_metrics import HttpMetricsMiddleware
 from api.rate_limit import RateLimitMiddleware
 from api.routes import agent, health, metrics, operations, schedules, task_control, tasks
 from api.routes import keys as key_routes
 from api.routes import webhooks as webhook_routes
+from api.schemas.openapi import ClosedModelsSchemaPlugin, docs_assets_router, openapi_config
 from api.state import ApiState
 from app.db import make_engine, make_session_factory
-from app.errors import AppError, ConfigurationError
+from app.errors import ConfigurationError
 from app.logging import configure_logging
 from app.metrics_sharing import MetricsPublisher
 from app.services.run_events import RunWaiter
@@ -81,23 +84,25 @@ def create_app(settings: Settings) -> Litestar:
             operations.stats,
             metrics.metrics,
             health.health,
+            dashboard_router(settings),
             key_routes.list_keys,
             key_routes.create_key,
             key_routes.revoke_key,
             webhook_routes.create_webhook_secret,
             webhook_routes.run_deliveries,
+            docs_assets_router(),
         ],
         state=State({"api": state}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        template_config=template_config(),
         middleware=[HttpMetricsMiddleware(), rate_limiter],
         on_startup=[start_waiter],
         on_shutdown=[stop_waiter],
-        logging_config=LoggingConfig(
-            log_exceptions="always",
-            disable_stack_trace={400, 401, 404, 409, AppError},
-            configure_root_logger=False,
-        ),
-        openapi_config=OpenAPIConfig(title="agentsched", version="0.1.0", path="/schema"),
+        # api/errors.py logs each error itself: a 4xx as one line, a 5xx with its traceback.
+        logging_config=LoggingConfig(log_exceptions="never", configure_root_logger=False),
+        openapi_config=openapi_config(),
+        request_class=ApiRequest,
+        plugins=[PydanticInitPlugin(validate_strict=True), ClosedModelsSchemaPlugin()],
     )
 
 

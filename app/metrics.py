@@ -153,3 +153,37 @@ def record_scheduling_pass(seconds: float, *, queued: int, skipped: int, missed:
 def record_lateness(seconds: float) -> None:
     """A scheduled run started `seconds` after its slot."""
     SCHEDULE_LATENESS.observe(max(0.0, seconds))
+
+
+# -- webhooks (app.webhooks)
+
+WEBHOOK_DELIVERY_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400)
+
+WEBHOOK_ATTEMPTS = Counter(
+    "agentsched_webhook_attempts",
+    "Webhook delivery attempts, by outcome (delivered, retrying, failed, gone, forbidden).",
+    ("outcome",),
+    registry=REGISTRY,
+)
+WEBHOOK_DELIVERY_LATENCY = Histogram(
+    "agentsched_webhook_delivery_latency_seconds",
+    "Delivered webhooks: time from the run's end to the receiver's 2xx, retries included.",
+    buckets=WEBHOOK_DELIVERY_BUCKETS_S,
+    registry=REGISTRY,
+)
+WEBHOOK_REQUEST_DURATION = Histogram(
+    "agentsched_webhook_request_duration_seconds",
+    "One webhook POST, from connecting to the answer (or the timeout), by outcome.",
+    ("outcome",),
+    buckets=HTTP_BUCKETS_S,
+    registry=REGISTRY,
+)
+
+
+def record_webhook_attempt(outcome: str, request_s: float | None, *, delivered_after_s: float | None) -> None:
+    """One delivery attempt ended with `outcome`; `delivered_after_s` from the event when delivered."""
+    WEBHOOK_ATTEMPTS.labels(outcome).inc()
+    if request_s is not None:
+        WEBHOOK_REQUEST_DURATION.labels(outcome).observe(request_s)
+    if delivered_after_s is not None:
+        WEBHOOK_DELIVERY_LATENCY.observe(max(0.0, delivered_after_s))

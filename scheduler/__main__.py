@@ -32,21 +32,24 @@ def main() -> int:
 
     import actors  # the broker the runs' messages are sent on (the scheduler only sends)
     from actors.sending import send_dispatches
+    from actors.webhooks import install_outbox, send_delivery_messages
 
     engine = make_engine(settings, pool_size=EXECUTOR_THREADS + 1)
     session_factory = make_session_factory(engine)
+    install_outbox(session_factory)  # skipped runs' webhook messages go out after the pass commits
     ctx = SchedulerContext(
         settings=settings,
         session_factory=session_factory,
         redis_client=actors.broker.client,
         send=lambda dispatches: send_dispatches(session_factory, dispatches, ctx.clock),
+        send_webhooks=send_delivery_messages,
     )
-    scheduler = BlockingScheduler(executors={"default": ThreadPoolExecutor(EXECUTOR_THREADS)}, timezone="UTC")
-    add_jobs(scheduler, ctx)
-
     from app.metrics_sharing import MetricsPublisher
 
     metrics = MetricsPublisher(actors.broker.client).start()  # reaches the API's /metrics
+    scheduler = BlockingScheduler(executors={"default": ThreadPoolExecutor(EXECUTOR_THREADS)}, timezone="UTC")
+    add_jobs(scheduler, ctx)
+
     stopping: list[threading.Thread] = []
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -78,10 +81,10 @@ def main() -> int:
             stop_heartbeat(ctx)
         except Exception:  # Redis gone: the heartbeat expires by itself
             logger.warning("could not clear the heartbeat; it expires by itself")
+        metrics.stop()
         engine.dispose()
         logger.info("scheduler %s stopped", ctx.scheduler_id)
     return 0
-        metrics.stop()
 
 
 if __name__ == "__main__":

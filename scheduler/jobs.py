@@ -26,6 +26,8 @@ from app.services.stats import (
     record_scheduler_heartbeat,
 )
 from app.settings import Settings
+from app.webhooks.outbox import PendingDelivery
+from app.webhooks.recovery import recover_deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class SchedulerContext:
     redis_client: Redis
     send: Callable[[Sequence[Dispatch]], list[tuple[uuid.UUID, str]]]
     clock: Clock = SYSTEM_CLOCK
+    #: Sends webhook delivery messages (the reconciler resends lost ones); None: not here.
+    send_webhooks: Callable[[Sequence[PendingDelivery]], object] | None = None
     scheduler_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started_at: datetime = field(default_factory=SYSTEM_CLOCK.now)
 
@@ -62,7 +66,16 @@ def scheduling_pass(ctx: SchedulerContext) -> PassResult:
 
 
 def reconcile_runs(ctx: SchedulerContext) -> ReconcileResult:
-    """Send again what Redis lost or never got, and what dead workers left running."""
+    """Send again what Redis lost or never got, and what dead workers left running; and the
+    webhook deliveries whose message was lost."""
+    if ctx.send_webhooks is not None:
+        recover_deliveries(
+            ctx.session_factory,
+            now=ctx.clock.now(),
+            redis_client=ctx.redis_client,
+            send=ctx.send_webhooks,
+            grace_ms=ctx.settings.reconcile_grace_ms,
+        )
     return reconcile(
         ctx.session_factory,
         now=ctx.clock.now(),
@@ -70,6 +83,7 @@ def reconcile_runs(ctx: SchedulerContext) -> ReconcileResult:
         send=ctx.send,
         grace_ms=ctx.settings.reconcile_grace_ms,
         lease_grace_ms=ctx.settings.run_lease_grace_ms,
+        dead_worker_ms=int(ctx.settings.run_lease_s * 1000),
     )
 
 

@@ -34,4 +34,4 @@ os.environ["LLM_PROVIDER"] = "offline"
 os.environ.setdefault("CRON_SECRET", "test-cron-secret")
 os.environ.setdefault("AGENT_WORKER_CONCURRENCY", "4")
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.webhook_fixtures"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -11,8 +12,10 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
 from api.auth import current_user_id
-from api.body import read_json
 from api.idempotency import idempotent
+from api.schemas.openapi import API_KEY_SECURITY, answer, errors
+from api.schemas.requests import ExecuteBody
+from api.schemas.responses import FinishedRun, QueuedRun, ScheduledTask
 from api.schemas.views import iso, run_view, schedule_view
 from api.state import ApiState
 from app.services.task_input import ExecuteRequest, parse_execute_request
@@ -30,21 +33,39 @@ def _create(state: ApiState, user_id: uuid.UUID, request: ExecuteRequest) -> Cre
     return created
 
 
-@post("/api/agent/execute", dependencies={"user_id": Provide(current_user_id, sync_to_thread=True)})
+@post(
+    "/api/agent/execute",
+    dependencies={"user_id": Provide(current_user_id, sync_to_thread=True)},
+    security=API_KEY_SECURITY,
+    status_code=202,
+    responses={
+        200: answer(FinishedRun, "Waited for the run, which ended: its outcome."),
+        201: answer(ScheduledTask, "Scheduled: nothing runs now."),
+        202: answer(QueuedRun, "Queued (async), or still going when the wait ended."),
+        **errors(400, 401, 413, 422, 429, 503),
+    },
+)
 async def execute(
-    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID]
-) -> Response[dict[str, Any]]:
+    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], data: ExecuteBody
+) -> Response[Any]:
     """Create a task. Scheduled: 201. Async: 202 with the queued run. Otherwise wait for it.
 
     With an `Idempotency-Key`, a repeat within 24 h answers the first answer again.
     """
-    return await idempotent(request, user_id, lambda: _execute(request, user_id))
+    return await idempotent(request, user_id, lambda: _execute(request, user_id, data))
 
 
-async def _execute(request: Request[Any, Any, State], user_id: uuid.UUID) -> Response[dict[str, Any]]:
+async def _execute(request: Request[Any, Any, State], user_id: uuid.UUID, data: ExecuteBody) -> Response[Any]:
     state: ApiState = request.app.state.api
-    payload = await read_json(request)
-    parsed = parse_execute_request(payload, default_timezone=state.settings.default_timezone)
+    payload = data.to_payload()
+    parse = functools.partial(
+        parse_execute_request,
+        default_timezone=state.settings.default_timezone,
+        allow_private_webhooks=state.settings.webhook_allow_private,
+    )
+    # A webhook's host is resolved (DNS) to check its address: off the event loop.
+    off_loop = isinstance(payload, dict) and "webhook" in payload
+    parsed = await anyio.to_thread.run_sync(parse, payload) if off_loop else parse(payload)
     created = await anyio.to_thread.run_sync(_create, state, user_id, parsed)
     task, run_id = created.task, created.run_id
     if run_id is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -12,8 +13,10 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 
 from api.auth import current_user_id
-from api.body import read_json
 from api.idempotency import idempotent
+from api.schemas.openapi import API_KEY_SECURITY, answer, errors
+from api.schemas.requests import TaskPatchBody
+from api.schemas.responses import QueuedRun, TaskView
 from api.schemas.views import task_view
 from api.state import ApiState
 from app.services import task_control
@@ -23,17 +26,28 @@ from app.services.tasks import recent_runs
 USER = {"user_id": Provide(current_user_id, sync_to_thread=True)}
 
 
-@patch("/api/tasks/{task_id:uuid}", dependencies=USER)
+@patch(
+    "/api/tasks/{task_id:uuid}",
+    dependencies=USER,
+    security=API_KEY_SECURITY,
+    responses=errors(400, 401, 404, 413, 429, 503),
+)
 async def update_task(
     request: Request[Any, Any, State],
     user_id: NamedDependency[uuid.UUID],
     task_id: FromPath[uuid.UUID],
-) -> dict[str, Any]:
+    data: TaskPatchBody,
+) -> TaskView:
     """Change title, priority or schedule (enabled false pauses, true resumes)."""
     state: ApiState = request.app.state.api
-    update = parse_task_update(await read_json(request))
+    payload = data.to_payload()
+    # A webhook's host is resolved (DNS) to check its address: off the event loop.
+    update = await anyio.to_thread.run_sync(
+        functools.partial(parse_task_update, allow_private_webhooks=state.settings.webhook_allow_private),
+        payload,
+    )
 
-    def apply(update: TaskUpdate) -> dict[str, Any]:
+    def apply(update: TaskUpdate) -> TaskView:
         with state.session_factory.begin() as session:
             task = task_control.update_task(
                 session, user_id, task_id, update, settings=state.settings, now=state.clock.now()
@@ -43,7 +57,13 @@ async def update_task(
     return await anyio.to_thread.run_sync(apply, update)
 
 
-@post("/api/tasks/{task_id:uuid}/run", dependencies=USER)
+@post(
+    "/api/tasks/{task_id:uuid}/run",
+    dependencies=USER,
+    security=API_KEY_SECURITY,
+    status_code=202,
+    responses={202: answer(QueuedRun, "The run is queued."), **errors(401, 404, 409, 422, 429, 503)},
+)
 async def run_task_now(
     request: Request[Any, Any, State],
     user_id: NamedDependency[uuid.UUID],
@@ -58,23 +78,29 @@ async def run_task_now(
         state.send([dispatch])
         return Response({"taskId": str(task_id), "runId": str(run.id), "status": run.status}, status_code=202)
 
-    async def answer() -> Response[dict[str, Any]]:
+    async def queue_run() -> Response[dict[str, Any]]:
         return await anyio.to_thread.run_sync(run_now)
 
-    return await idempotent(request, user_id, answer)
+    return await idempotent(request, user_id, queue_run)
 
 
-@post("/api/tasks/{task_id:uuid}/cancel", dependencies=USER, sync_to_thread=True)
+@post(
+    "/api/tasks/{task_id:uuid}/cancel",
+    dependencies=USER,
+    sync_to_thread=True,
+    security=API_KEY_SECURITY,
+    status_code=200,
+    responses=errors(401, 404, 429, 503),
+)
 def cancel_task(
     request: Request[Any, Any, State],
     user_id: NamedDependency[uuid.UUID],
     task_id: FromPath[uuid.UUID],
-) -> Response[dict[str, Any]]:
+) -> TaskView:
     """Cancel queued runs, stop a running one at its next model call, disable the schedule."""
     state: ApiState = request.app.state.api
     with state.session_factory.begin() as session:
         task = task_control.cancel_task(
             session, user_id, task_id, settings=state.settings, now=state.clock.now()
         )
-        view = task_view(task, recent_runs(session, task.id))
-    return Response(view, status_code=200)
+        return task_view(task, recent_runs(session, task.id))

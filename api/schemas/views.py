@@ -4,26 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import overload
 
+from api.schemas.responses import MeView, RunView, ScheduleView, TaskView
 from app.models import Task, TaskRun, User
 from app.services.credits import used_this_month
+from app.webhooks.deliveries import webhook_view
+
+
+@overload
+def iso(moment: datetime) -> str: ...
+@overload
+def iso(moment: None) -> None: ...
+@overload
+def iso(moment: datetime | None) -> str | None: ...
 
 
 def iso(moment: datetime | None) -> str | None:
+    """An instant on the wire: ISO 8601 UTC with Z, milliseconds."""
     if moment is None:
         return None
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def schedule_view(task: Task) -> dict[str, Any] | None:
+def schedule_view(task: Task) -> ScheduleView | None:
     if task.cron is None:
         return None
-    return {"enabled": task.schedule_enabled, "cron": task.cron, "timezone": task.timezone}
+    return {"enabled": task.schedule_enabled, "cron": task.cron, "timezone": task.timezone or ""}
 
 
-def task_view(task: Task, recent_runs: Sequence[TaskRun] | None = None) -> dict[str, Any]:
-    view: dict[str, Any] = {
+def task_view(task: Task, recent_runs: Sequence[TaskRun] | None = None) -> TaskView:
+    view: TaskView = {
         "id": str(task.id),
         "title": task.title,
         "goal": task.description,
@@ -31,6 +42,7 @@ def task_view(task: Task, recent_runs: Sequence[TaskRun] | None = None) -> dict[
         "status": task.status,
         "priority": task.priority,
         "schedule": schedule_view(task),
+        "webhook": webhook_view(task),
         "agentConfig": task.agent_config,
         "nextRunAt": iso(task.next_run_at),
         "lastRunAt": iso(task.last_run_at),
@@ -46,7 +58,7 @@ def task_view(task: Task, recent_runs: Sequence[TaskRun] | None = None) -> dict[
     return view
 
 
-def run_view(run: TaskRun) -> dict[str, Any]:
+def run_view(run: TaskRun) -> RunView:
     return {
         "id": str(run.id),
         "taskId": str(run.task_id),
@@ -67,7 +79,7 @@ def run_view(run: TaskRun) -> dict[str, Any]:
     }
 
 
-def me_view(user: User, now: datetime) -> dict[str, Any]:
+def me_view(user: User, now: datetime) -> MeView:
     used = used_this_month(user.credits_used, user.credits_period, now)
     return {
         "id": str(user.id),
@@ -77,4 +89,6 @@ def me_view(user: User, now: datetime) -> dict[str, Any]:
         "creditsUsed": used,
         "creditsReserved": user.credits_reserved,
         "creditsRemaining": max(0, user.monthly_credits - used - user.credits_reserved),
+        "maxConcurrentRuns": user.max_concurrent_runs,
+        "runningRuns": user.running_runs,
     }

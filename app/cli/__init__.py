@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from app.cli import health as health_commands
 from app.cli import keys as keys_commands
+from app.cli import webhooks as webhook_commands
 from app.cli.servers import UNREACHABLE_ERRORS, reached_nothing, use_servers
 from app.errors import AppError
 
@@ -32,15 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys_commands.add_parser(commands)
     health_commands.add_parser(commands)
+    webhook_commands.add_parser(commands)
 
     credits = commands.add_parser("credits", help="credits").add_subparsers(dest="action", required=True)
     credits.add_parser("reset", help="set credits_used to 0").add_argument("--email", required=True)
+    credits.add_parser(
+        "audit", help="list users whose ledger does not sum to credits_used (exit 1 if any)"
+    ).add_argument("--email")
 
     plan = commands.add_parser("plan", help="plans").add_subparsers(dest="action", required=True)
     plan_set = plan.add_parser("set", help="change a user's plan")
     plan_set.add_argument("--email", required=True)
     plan_set.add_argument("--plan", required=True, choices=["free", "pro", "enterprise"])
     plan_set.add_argument("--credits", type=int, help="monthly credits (default: the plan's)")
+    plan_set.add_argument(
+        "--concurrency",
+        type=int,
+        help="runs that may run at once (default: the plan's: free 1, pro 5, enterprise 20)",
+    )
 
     tasks = commands.add_parser("tasks", help="tasks").add_subparsers(dest="action", required=True)
     tasks.add_parser("list", help="list tasks, newest first").add_argument("--email")
@@ -71,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return keys_commands.run(args)
             if args.command == "health":
                 return health_commands.run(args)
+            if args.command == "webhooks":
+                return webhook_commands.run(args)
             from app.cli.admin import run_admin
 
             return run_admin(args)

@@ -17,7 +17,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -67,6 +67,11 @@ class Task(Base):
     cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     result: Mapped[str | None] = mapped_column(Text)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    #: Where run events are POSTed (`webhook.url`), which events (`webhook.events`), and when a
+    #: receiver's 410 Gone turned it off (set again by a PATCH of `webhook`).
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_events: Mapped[list[str] | None] = mapped_column(ARRAY(String(32)))
+    webhook_disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

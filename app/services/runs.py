@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 
 from app.models import Task, TaskRun
 from app.models.enums import RunStatus, Trigger
-from app.services import credits
+from app.services import concurrency, credits
 from app.services.dispatch import Dispatch
 from app.services.task_input import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_MS
+from app.webhooks.outbox import insert_deliveries_sql, stash_row
 
 RUN_FINISHED_CHANNEL = "agentsched_run_finished"
 #: Notified (payload: the run id) on every status change and step write of a run; each takes the
@@ -98,7 +99,8 @@ def new_run(
     )
 
 
-# The claim, in one statement (one round trip): lock the run if it is ours to take, hold its
+# The claim, in one statement (one round trip): lock the run if it is ours to take, admit it
+# against its user's concurrency limit or park it (app.services.concurrency), hold its
 # credits if this is its first attempt (min(:amount, what is left), when at least 1 is left;
 # credits.hold_ctes), mark it running, and let a one-off task
 # follow. A concurrent claim of the same run waits on the row lock, then finds it taken.
@@ -108,22 +110,22 @@ _FIRST_CLAIM_USER = """SELECT user_id FROM target
                           AND NOT cancel_requested"""
 _CLAIM = text(
     f"""
-    WITH target AS (
-        SELECT id, user_id, credits_reserved, attempts, max_attempts, cancel_requested
+    WITH candidate AS (
+        SELECT id, user_id, status, credits_reserved, attempts, max_attempts, cancel_requested
           FROM task_runs
          WHERE id = :run_id
            AND ((status = 'queued' AND NOT cancel_requested
                  AND (not_before IS NULL OR not_before <= :now))
                 OR (status = 'running' AND lease_expires_at < :now))
            FOR UPDATE
-    ), {credits.hold_ctes(_FIRST_CLAIM_USER)}, claimed AS (
+    ), {concurrency.ADMISSION_CTES}, {credits.hold_ctes(_FIRST_CLAIM_USER)}, claimed AS (
         UPDATE task_runs AS r
            SET status = 'running',
                attempts = r.attempts + 1,
                started_at = COALESCE(r.started_at, :now),
                -- a lease, renewed by the worker's heartbeat (app.services.leases)
                lease_expires_at = :now + :lease_ms * interval '1 millisecond',
-               not_before = NULL,
+               not_before = NULL, parked_at = NULL,
                event_seq = r.event_seq + 1, status_seq = r.event_seq + 1,
                credits_reserved = COALESCE((SELECT amount FROM held), r.credits_reserved)
           FROM target, tasks AS t
@@ -223,8 +225,11 @@ _FINISH = text(
                credits_used = credits_used + :charge,
                last_run_at = :now, updated_at = :now
          WHERE id = (SELECT task_id FROM finished)
-    )
-    SELECT id, pg_notify(:channel, CAST(id AS text)) FROM finished
+    ), webhook AS ({insert_deliveries_sql("finished", "'run.' || CAST(:status AS text)")})
+    SELECT id, pg_notify(:channel, CAST(id AS text)),
+           (SELECT webhook.id FROM webhook) AS delivery_id,
+           (SELECT webhook.message_id FROM webhook) AS delivery_message_id
+      FROM finished
     """
 )
 
@@ -295,6 +300,8 @@ def finish(
             "channel": RUN_FINISHED_CHANNEL,
         },
     ).first()
+    if row is not None:  # the webhook's message goes out after the commit
+        stash_row(session, row.delivery_id, row.delivery_message_id)
     return row is not None
 
 

@@ -43,6 +43,7 @@ from app.models.enums import RunStatus
 from app.services.dispatch import Dispatch
 from app.services.stats import record_missed_slots
 from app.services.task_input import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_MS
+from app.webhooks.outbox import insert_deliveries_sql, stash_row
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -79,7 +80,7 @@ _CLAIM_DUE = text(
 # One statement per batch: the overlap test (once per task: the CTE is materialized), the run
 # rows and the (task, slot) deduplication.
 _INSERT_RUNS = text(
-    """
+    f"""
     WITH due AS MATERIALIZED (
         SELECT u.task_id, u.slot,
                CASE WHEN EXISTS (SELECT 1 FROM task_runs AS r
@@ -87,7 +88,7 @@ _INSERT_RUNS = text(
                                     AND r.status IN ('queued', 'running'))
                     THEN 'skipped' ELSE 'queued' END AS status
           FROM unnest(CAST(:task_ids AS uuid[]), CAST(:slots AS timestamptz[])) AS u(task_id, slot)
-    )
+    ), created AS (
     INSERT INTO task_runs (task_id, user_id, trigger, scheduled_for, status, priority, attempts,
                            max_attempts, timeout_ms, queued_at, finished_at, error)
     SELECT t.id, t.user_id, 'schedule', d.slot, d.status, t.priority, 0,
@@ -99,7 +100,13 @@ _INSERT_RUNS = text(
       FROM due AS d
       JOIN tasks AS t ON t.id = d.task_id
         ON CONFLICT (task_id, scheduled_for) DO NOTHING
-    RETURNING id, priority, status
+    RETURNING id, task_id, user_id, priority, status
+    ), webhook AS (
+        -- a skipped run is an ended run: its webhook delivery is written with it
+        {insert_deliveries_sql("(SELECT * FROM created WHERE status = 'skipped')", "'run.skipped'")}
+    )
+    SELECT c.id, c.priority, c.status, w.id AS delivery_id, w.message_id AS delivery_message_id
+      FROM created AS c LEFT JOIN webhook AS w ON w.run_id = c.id
     """
 )
 
@@ -304,7 +311,7 @@ def _process_batch(
     queued: list[Dispatch] = []
     skipped = 0
     if task_ids:
-        created: Sequence[tuple[uuid.UUID, str, str]] = session.execute(
+        created: Sequence[tuple[uuid.UUID, str, str, uuid.UUID | None, str | None]] = session.execute(
             _INSERT_RUNS,
             {
                 "task_ids": task_ids,
@@ -315,11 +322,12 @@ def _process_batch(
                 "default_timeout_ms": DEFAULT_TIMEOUT_MS,
             },
         ).all()
-        for run_id, priority, status in created:
+        for run_id, priority, status, delivery_id, delivery_message_id in created:
             if status == RunStatus.QUEUED.value:
                 queued.append(Dispatch(run_id, priority))
             else:
                 skipped += 1
+                stash_row(session, delivery_id, delivery_message_id)
         session.execute(_ADVANCE, {"task_ids": task_ids, "next_run_ats": next_run_ats, "now": now})
     return PassResult(len(queued), skipped, len(rows), missed), queued
 

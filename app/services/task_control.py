@@ -19,6 +19,8 @@ from app.services.schedules import apply_schedule
 from app.services.task_input import TaskUpdate
 from app.services.tasks import get_task
 from app.settings import Settings
+from app.webhooks.deliveries import apply_webhook
+from app.webhooks.outbox import record_run_events
 
 
 def update_task(
@@ -37,6 +39,8 @@ def update_task(
         task.title = update.title
     if update.priority is not None:
         task.priority = update.priority.value
+    if update.webhook_given:
+        apply_webhook(task, update.webhook)
     if update.schedule is not None:
         given = update.schedule
         cron = given.get("cron", task.cron)
@@ -109,6 +113,7 @@ def cancel_task(
         # Its tokens are in the task's total already (added when its attempt ended).
         task.credits_used += charge
         notify_finished(session, run.id)
+    record_run_events(session, [run.id for run in queued], "run.cancelled", now)
     session.execute(
         text("UPDATE task_runs SET cancel_requested = true WHERE task_id = :task_id AND status = 'running'"),
         {"task_id": task.id},

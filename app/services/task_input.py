@@ -9,6 +9,7 @@ from typing import Any
 from app.agents.registry import AGENT_TYPES, agent_names
 from app.errors import InvalidInput
 from app.models.enums import Priority
+from app.webhooks.addresses import WebhookConfig, parse_webhook
 
 GOAL_MAX_CHARS = 20_000
 TITLE_MAX_CHARS = 200
@@ -21,7 +22,9 @@ MODEL_MAX_CHARS = 200
 #: A request without `async` waits for its run at most this long (then answers 202).
 SYNC_WAIT_CAP_MS = 60_000
 
-EXECUTE_FIELDS = frozenset({"goal", "agentType", "title", "priority", "async", "schedule", "agentConfig"})
+EXECUTE_FIELDS = frozenset(
+    {"goal", "agentType", "title", "priority", "async", "schedule", "agentConfig", "webhook"}
+)
 SCHEDULE_FIELDS = frozenset({"enabled", "cron", "timezone"})
 AGENT_CONFIG_FIELDS = frozenset({"timeout", "maxRetries", "model"})
 
@@ -42,6 +45,7 @@ class ExecuteRequest:
     wait: bool
     schedule: ScheduleInput | None
     agent_config: dict[str, Any]
+    webhook: WebhookConfig | None = None
 
     @property
     def wait_s(self) -> float:
@@ -193,7 +197,16 @@ def parse_schedule_input(
     return out
 
 
-def parse_execute_request(payload: Any, *, default_timezone: str) -> ExecuteRequest:
+def _webhook(errors: _Errors, payload: Mapping[str, Any], allow_private: bool) -> WebhookConfig | None:
+    config, problems = parse_webhook(payload.get("webhook"), allow_private=allow_private)
+    for field, problem in problems.items():
+        errors.add(field, problem)
+    return config
+
+
+def parse_execute_request(
+    payload: Any, *, default_timezone: str, allow_private_webhooks: bool = False
+) -> ExecuteRequest:
     """Validate a POST /api/agent/execute body; raise `InvalidInput` naming every bad field."""
     if not isinstance(payload, Mapping):
         raise InvalidInput({"body": "must be a JSON object"})
@@ -208,6 +221,7 @@ def parse_execute_request(payload: Any, *, default_timezone: str) -> ExecuteRequ
         errors.add("async", "must be true or false")
     schedule = parse_schedule_input(errors, payload.get("schedule"), default_timezone)
     config = _agent_config(errors, payload)
+    webhook = _webhook(errors, payload, allow_private_webhooks)
     schedule_input = None
     if schedule is not None and not errors.fields:
         schedule_input = _validated_schedule(errors, schedule)
@@ -221,6 +235,7 @@ def parse_execute_request(payload: Any, *, default_timezone: str) -> ExecuteRequ
         wait=not wait,
         schedule=schedule_input,
         agent_config=config,
+        webhook=webhook,
     )
 
 
@@ -241,7 +256,7 @@ def default_title(goal: str, max_chars: int = 80) -> str:
     return first_line if len(first_line) <= max_chars else first_line[: max_chars - 1].rstrip() + "…"
 
 
-UPDATE_FIELDS = frozenset({"title", "priority", "schedule"})
+UPDATE_FIELDS = frozenset({"title", "priority", "schedule", "webhook"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,9 +265,12 @@ class TaskUpdate:
     priority: Priority | None
     #: Only the schedule keys that were given (enabled, cron, timezone).
     schedule: dict[str, Any] | None
+    #: Whether `webhook` was given; with `webhook` None it removes the task's webhook.
+    webhook_given: bool = False
+    webhook: WebhookConfig | None = None
 
 
-def parse_task_update(payload: Any) -> TaskUpdate:
+def parse_task_update(payload: Any, *, allow_private_webhooks: bool = False) -> TaskUpdate:
     """Validate a PATCH /api/tasks/{id} body; every offending field is named."""
     if not isinstance(payload, Mapping):
         raise InvalidInput({"body": "must be a JSON object"})
@@ -265,9 +283,12 @@ def parse_task_update(payload: Any) -> TaskUpdate:
     schedule = parse_schedule_input(errors, payload.get("schedule"), "", partial=True)
     if schedule:
         _check_partial_schedule(errors, schedule)
+    webhook = _webhook(errors, payload, allow_private_webhooks)
     if errors.fields:
         raise InvalidInput(errors.fields)
-    return TaskUpdate(title=title, priority=priority, schedule=schedule)
+    return TaskUpdate(
+        title=title, priority=priority, schedule=schedule, webhook_given="webhook" in payload, webhook=webhook
+    )
 
 
 def _check_partial_schedule(errors: _Errors, schedule: dict[str, Any]) -> None:

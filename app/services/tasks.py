@@ -16,9 +16,11 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from app.errors import InvalidInput, NotFound
 from app.models import Task, TaskRun, User
 from app.models.enums import RunStatus, TaskStatus
+from app.services import concurrency
 from app.services.dispatch import Dispatch
 from app.services.runs import run_limits
 from app.services.task_input import ExecuteRequest
+from app.webhooks.deliveries import apply_webhook
 
 T = TypeVar("T")
 
@@ -42,21 +44,26 @@ class CreatedTask:
 # A task and its first run in one statement. The run records the id of the message about to be
 # sent for it: should that send fail, the id is missing from Redis and the reconciler resends.
 _CREATE_WITH_RUN = text(
-    """
+    f"""
     WITH task AS (
         INSERT INTO tasks (id, user_id, title, description, agent_type, status, priority,
                            agent_config, schedule_enabled, tokens_used, credits_used,
-                           created_at, updated_at)
+                           webhook_url, webhook_events, created_at, updated_at)
         VALUES (:task_id, :user_id, :title, :goal, :agent_type, 'queued', :priority,
-                CAST(:agent_config AS jsonb), false, 0, 0, :now, :now)
+                CAST(:agent_config AS jsonb), false, 0, 0,
+                :webhook_url, CAST(:webhook_events AS varchar[]), :now, :now)
         RETURNING id
-    )
+    ), {concurrency.FULL_AT_CREATION}
     INSERT INTO task_runs (id, task_id, user_id, trigger, status, priority, attempts, max_attempts,
                            timeout_ms, queued_at, cancel_requested, tokens_used, credits_used,
-                           credits_reserved, message_id, message_sent_at)
+                           credits_reserved, message_id, message_sent_at, parked_at)
     SELECT :run_id, task.id, :user_id, 'api', 'queued', :priority, 0, :max_attempts, :timeout_ms,
-           :now, false, 0, 0, 0, :message_id, :now
+           :now, false, 0, 0, 0,
+           CASE WHEN {concurrency.USER_FULL} THEN NULL ELSE :message_id END,
+           CASE WHEN {concurrency.USER_FULL} THEN NULL ELSE CAST(:now AS timestamptz) END,
+           CASE WHEN {concurrency.USER_FULL} THEN CAST(:now AS timestamptz) END
       FROM task
+    RETURNING parked_at IS NOT NULL AS parked
     """
 )
 
@@ -70,7 +77,7 @@ def create_task(session: Session, user_id: uuid.UUID, request: ExecuteRequest, n
         return _create_scheduled(session, user_id, request, now)
     task_id, run_id, message_id = uuid.uuid4(), uuid.uuid4(), str(uuid.uuid4())
     max_attempts, timeout_ms = run_limits(request.agent_config)
-    session.execute(
+    parked = session.execute(
         _CREATE_WITH_RUN,
         {
             "task_id": task_id,
@@ -81,14 +88,17 @@ def create_task(session: Session, user_id: uuid.UUID, request: ExecuteRequest, n
             "agent_type": request.agent_type,
             "priority": request.priority.value,
             "agent_config": json.dumps(request.agent_config),
+            "webhook_url": request.webhook.url if request.webhook else None,
+            "webhook_events": list(request.webhook.events) if request.webhook else None,
             "max_attempts": max_attempts,
             "timeout_ms": timeout_ms,
             "message_id": message_id,
             "now": now,
         },
-    )
-    dispatch = Dispatch(run_id, request.priority.value, message_id=message_id)
-    return CreatedTask(task_id, TaskStatus.QUEUED.value, run_id, None, [dispatch])
+    ).scalar_one()
+    # A user at their concurrency limit: the run waits in Postgres, released when a run ends.
+    dispatches = [] if parked else [Dispatch(run_id, request.priority.value, message_id=message_id)]
+    return CreatedTask(task_id, TaskStatus.QUEUED.value, run_id, None, dispatches)
 
 
 def _create_scheduled(
@@ -112,6 +122,7 @@ def _create_scheduled(
         created_at=now,
         updated_at=now,
     )
+    apply_webhook(task, request.webhook)
     apply_schedule(task, enabled=schedule.enabled, cron=schedule.cron, timezone=schedule.timezone, now=now)
     session.add(task)
     session.flush()
