@@ -8,6 +8,8 @@ from litestar import Request, Response, get
 from litestar.datastructures import State
 from sqlalchemy import text
 
+from api.schemas.openapi import answer
+from api.schemas.responses import Health
 from api.state import ApiState
 
 
@@ -30,8 +32,13 @@ def _check_redis() -> str:
     return "ok"
 
 
-@get("/api/health", sync_to_thread=True)
-def health(request: Request[Any, Any, State]) -> Response[dict[str, str]]:
+@get(
+    "/api/health",
+    sync_to_thread=True,
+    security=[],
+    responses={503: answer(Health, "Postgres or Redis does not answer (which one is named).")},
+)
+def health(request: Request[Any, Any, State]) -> Response[Health]:
     """200 when Postgres and Redis both answer, else 503."""
     state: ApiState = request.app.state.api
     database, redis = _check_database(state), _check_redis()

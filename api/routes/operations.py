@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import dramatiq
 from litestar import Request, Response, get, post
@@ -10,6 +10,8 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
 from api.auth import require_cron_secret
+from api.schemas.openapi import CRON_SECURITY, errors
+from api.schemas.responses import QueueStats, SchedulingHealth, SchedulingPass
 from api.schemas.views import iso
 from api.state import ApiState
 from app.services.scheduling import run_scheduling_pass, scheduling_health
@@ -22,18 +24,33 @@ def _state(request: Request[Any, Any, State]) -> ApiState:
     return request.app.state.api  # type: ignore[no-any-return]
 
 
-@get("/api/cron/check-scheduled-tasks", dependencies=CRON, sync_to_thread=True)
-def scheduling_status(request: Request[Any, Any, State], authorized: NamedDependency[None]) -> dict[str, Any]:
+@get(
+    "/api/cron/check-scheduled-tasks",
+    dependencies=CRON,
+    sync_to_thread=True,
+    security=CRON_SECURITY,
+    responses=errors(401, 429, 503),
+)
+def scheduling_status(
+    request: Request[Any, Any, State], authorized: NamedDependency[None]
+) -> SchedulingHealth:
     """Scheduling health: how many tasks are scheduled and how many are due now."""
     state = _state(request)
     with state.session_factory() as session:
-        return scheduling_health(session, state.clock.now())
+        return cast(SchedulingHealth, scheduling_health(session, state.clock.now()))
 
 
-@post("/api/cron/check-scheduled-tasks", dependencies=CRON, sync_to_thread=True)
+@post(
+    "/api/cron/check-scheduled-tasks",
+    dependencies=CRON,
+    sync_to_thread=True,
+    security=CRON_SECURITY,
+    status_code=200,
+    responses=errors(401, 429, 503),
+)
 def check_scheduled_tasks(
     request: Request[Any, Any, State], authorized: NamedDependency[None]
-) -> Response[dict[str, Any]]:
+) -> Response[SchedulingPass]:
     """Run one scheduling pass now (for an external cron service)."""
     state = _state(request)
     now = state.clock.now()
@@ -54,10 +71,16 @@ def check_scheduled_tasks(
     )
 
 
-@get("/api/queue/stats", dependencies=CRON, sync_to_thread=True)
-def stats(request: Request[Any, Any, State], authorized: NamedDependency[None]) -> dict[str, Any]:
+@get(
+    "/api/queue/stats",
+    dependencies=CRON,
+    sync_to_thread=True,
+    security=CRON_SECURITY,
+    responses=errors(401, 429, 503),
+)
+def stats(request: Request[Any, Any, State], authorized: NamedDependency[None]) -> QueueStats:
     """Queue and orchestrator figures."""
     state = _state(request)
     with state.session_factory() as session:
         redis_client = dramatiq.get_broker().client  # type: ignore[attr-defined]
-        return dict(queue_stats(redis_client, session, state.clock.now()))
+        return cast(QueueStats, dict(queue_stats(redis_client, session, state.clock.now())))

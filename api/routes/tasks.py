@@ -3,78 +3,132 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, Parameter
 
 from api.auth import current_user_id
+from api.schemas.openapi import API_KEY_SECURITY, errors
+from api.schemas.responses import MeView, RunPage, RunView, TaskPage, TaskView
 from api.schemas.views import me_view, run_view, task_view
 from api.state import ApiState
+from app.models.enums import TaskStatus
 from app.services import tasks
 
 USER = {"user_id": Provide(current_user_id, sync_to_thread=True)}
+
+Limit = Annotated[
+    int, Parameter(ge=1, le=tasks.PAGE_MAX, description=f"items per page, at most {tasks.PAGE_MAX}")
+]
+Status = Annotated[
+    TaskStatus | None,
+    Parameter(
+        description="only tasks in this status",
+        schema_extra={"oneOf": None, "type": "string", "enum": [status.value for status in TaskStatus]},
+    ),
+]
+Cursor = Annotated[
+    str | None,
+    Parameter(
+        description="`nextCursor` of the previous page",
+        min_length=1,
+        max_length=200,
+        pattern="^[A-Za-z0-9_-]+$",
+        schema_extra={"oneOf": None, "type": "string", "format": "cursor"},
+    ),
+]
 
 
 def _state(request: Request[Any, Any, State]) -> ApiState:
     return request.app.state.api  # type: ignore[no-any-return]
 
 
-@get("/api/tasks", dependencies=USER, sync_to_thread=True)
+@get(
+    "/api/tasks",
+    dependencies=USER,
+    sync_to_thread=True,
+    security=API_KEY_SECURITY,
+    responses=errors(400, 401, 429, 503),
+)
 def list_tasks(
     request: Request[Any, Any, State],
     user_id: NamedDependency[uuid.UUID],
-    status: FromQuery[str | None] = None,
-    limit: FromQuery[int | None] = None,
-    cursor: FromQuery[str | None] = None,
-) -> dict[str, Any]:
+    status: Status = None,
+    limit: Limit = tasks.PAGE_DEFAULT,
+    cursor: Cursor = None,
+) -> TaskPage:
     """The caller's tasks, newest first."""
     with _state(request).session_factory() as session:
         page = tasks.list_tasks(session, user_id, status=status, limit=limit, cursor=cursor)
         return {"items": [task_view(task) for task in page.items], "nextCursor": page.next_cursor}
 
 
-@get("/api/tasks/{task_id:uuid}", dependencies=USER, sync_to_thread=True)
+@get(
+    "/api/tasks/{task_id:uuid}",
+    dependencies=USER,
+    sync_to_thread=True,
+    security=API_KEY_SECURITY,
+    responses=errors(401, 404, 429, 503),
+)
 def get_task(
     request: Request[Any, Any, State],
     user_id: NamedDependency[uuid.UUID],
     task_id: FromPath[uuid.UUID],
-) -> dict[str, Any]:
+) -> TaskView:
     """One task with its most recent runs."""
     with _state(request).session_factory() as session:
         task = tasks.get_task(session, user_id, task_id)
         return task_view(task, tasks.recent_runs(session, task.id))
 
 
-@get("/api/tasks/{task_id:uuid}/runs", dependencies=USER, sync_to_thread=True)
+@get(
+    "/api/tasks/{task_id:uuid}/runs",
+    dependencies=USER,
+    sync_to_thread=True,
+    security=API_KEY_SECURITY,
+    responses=errors(400, 401, 404, 429, 503),
+)
 def list_task_runs(
     request: Request[Any, Any, State],
     user_id: NamedDependency[uuid.UUID],
     task_id: FromPath[uuid.UUID],
-    limit: FromQuery[int | None] = None,
-    cursor: FromQuery[str | None] = None,
-) -> dict[str, Any]:
+    limit: Limit = tasks.PAGE_DEFAULT,
+    cursor: Cursor = None,
+) -> RunPage:
     """The task's runs, newest first."""
     with _state(request).session_factory() as session:
         page = tasks.list_runs(session, user_id, task_id, limit=limit, cursor=cursor)
         return {"items": [run_view(run) for run in page.items], "nextCursor": page.next_cursor}
 
 
-@get("/api/runs/{run_id:uuid}", dependencies=USER, sync_to_thread=True)
+@get(
+    "/api/runs/{run_id:uuid}",
+    dependencies=USER,
+    sync_to_thread=True,
+    security=API_KEY_SECURITY,
+    responses=errors(401, 404, 429, 503),
+)
 def get_run(
     request: Request[Any, Any, State],
     user_id: NamedDependency[uuid.UUID],
     run_id: FromPath[uuid.UUID],
-) -> dict[str, Any]:
+) -> RunView:
     """One run."""
     with _state(request).session_factory() as session:
         return run_view(tasks.get_run(session, user_id, run_id))
 
 
-@get("/api/me", dependencies=USER, sync_to_thread=True)
-def me(request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID]) -> dict[str, Any]:
+@get(
+    "/api/me",
+    dependencies=USER,
+    sync_to_thread=True,
+    security=API_KEY_SECURITY,
+    responses=errors(401, 429, 503),
+)
+def me(request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID]) -> MeView:
     """The caller's account and credits."""
     state = _state(request)
     with state.session_factory() as session:
