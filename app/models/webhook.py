@@ -56,8 +56,6 @@ class WebhookDelivery(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: The Redis id of the latest message sent for it (the reconciler looks for it).
     message_id: Mapped[str | None] = mapped_column(String(64))
-    #: The exact JSON body, fixed at the first attempt so every retry sends the same bytes.
-    body: Mapped[str | None] = mapped_column(Text)
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

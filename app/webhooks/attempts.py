@@ -58,20 +58,38 @@ class DeliveryEnvironment:
     timeout_s: float = sender.SEND_TIMEOUT_S
 
 
+#: The ended run's columns that its payload shows (a final run never changes, so every attempt
+#: sends the same bytes), read by the claim itself: one statement per attempt, plus its outcome.
+_RUN_FIELDS = [
+    "trigger",
+    "scheduled_for",
+    "status",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "tokens_used",
+    "credits_used",
+    "result",
+    "error",
+]
+RUN_COLUMNS = ", ".join(f"r.{name} AS run_{name}" for name in _RUN_FIELDS)
+
 _CLAIM = text(
-    """
+    f"""
     UPDATE webhook_deliveries AS d
        SET attempts = d.attempts + 1, lease_expires_at = :lease_until
-      FROM users AS u
-     WHERE d.id = :id AND u.id = d.user_id AND d.status = 'pending'
+      FROM users AS u, task_runs AS r
+     WHERE d.id = :id AND u.id = d.user_id AND r.id = d.run_id AND d.status = 'pending'
        AND d.next_attempt_at <= :now
        AND (d.lease_expires_at IS NULL OR d.lease_expires_at < :now)
-    RETURNING d.id, d.run_id, d.task_id, d.event, d.url, d.attempts, d.body, d.occurred_at,
-              u.webhook_secret, u.webhook_secret_previous, u.webhook_secret_previous_until
+    RETURNING d.id, d.run_id, d.task_id, d.event, d.url, d.attempts, d.occurred_at,
+              u.webhook_secret, u.webhook_secret_previous, u.webhook_secret_previous_until,
+              {RUN_COLUMNS}
     """
 )
-
-_SET_BODY = text("UPDATE webhook_deliveries SET body = :body WHERE id = :id AND body IS NULL")
 
 _DELIVERED = text(
     """
@@ -131,10 +149,10 @@ def attempt_delivery(env: DeliveryEnvironment, delivery_id: uuid.UUID) -> Pendin
     lease_until = now + timedelta(seconds=env.timeout_s + LEASE_GRACE_S)
     with env.session_factory.begin() as session:
         claimed = session.execute(_CLAIM, {"id": delivery_id, "now": now, "lease_until": lease_until}).first()
-        if claimed is None:
-            logger.debug("webhook delivery %s: nothing to send (duplicate message or not due)", delivery_id)
-            return None
-        body = claimed.body or _fix_body(session, claimed)
+    if claimed is None:
+        logger.debug("webhook delivery %s: nothing to send (duplicate message or not due)", delivery_id)
+        return None
+    body = _body(claimed)
     secrets = signing_secrets(
         claimed.webhook_secret, claimed.webhook_secret_previous, claimed.webhook_secret_previous_until, now
     )
@@ -183,14 +201,13 @@ def attempt_delivery(env: DeliveryEnvironment, delivery_id: uuid.UUID) -> Pendin
     )
 
 
-def _fix_body(session: Session, claimed: Row[Any]) -> str:
-    """Build the body at the first attempt and keep it, so every retry sends the same bytes."""
-    run = session.get(TaskRun, claimed.run_id)
-    if run is None:  # cannot be: the row cascades with its run
-        raise LookupError(f"run {claimed.run_id} of webhook delivery {claimed.id} is gone")
-    body = event_body(claimed.event, claimed.occurred_at, run)
-    session.execute(_SET_BODY, {"id": claimed.id, "body": body})
-    return body
+def _body(claimed: Row[Any]) -> str:
+    run = TaskRun(
+        id=claimed.run_id,
+        task_id=claimed.task_id,
+        **{name: getattr(claimed, f"run_{name}") for name in _RUN_FIELDS},
+    )
+    return event_body(claimed.event, claimed.occurred_at, run)
 
 
 def _retry_or_fail(
