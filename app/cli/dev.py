@@ -91,7 +91,7 @@ def _check_port_free(port: int) -> None:
 
 
 def _issue_demo_key(settings: Settings, email: str) -> str:
-    """Create the demo user (plan pro) unless it exists, and issue it a fresh API key."""
+    """Create the demo user (plan pro, admin) unless it exists, and issue it a fresh API key."""
     engine = make_engine(settings, pool_size=1)
     try:
         with make_session_factory(engine)() as session:
@@ -100,6 +100,7 @@ def _issue_demo_key(settings: Settings, email: str) -> str:
             except NotFound:
                 user = create_user(session, email=email, plan="pro")
                 log.info("created demo user %s (plan pro)", email)
+            user.is_admin = True  # a local dev's only user sees the dashboard's operations page
             key = issue_key(session, user.id, DEMO_KEY_NAME).secret
             session.commit()
     finally:
@@ -170,6 +171,7 @@ def _print_banner(
         f"""
 agentsched dev is running
   API        {base}   (OpenAPI: {base}/schema, health: {base}/api/health)
+  Dashboard  {base}/dashboard   (sign in with the demo key below)
   Postgres   {_hide_password(services.database_url)}   ({where["Postgres" in embedded]})
   Redis      {services.redis_url}   ({where["Redis" in embedded]})
   processes  {", ".join(f"{c.name} (pid {c.process.pid})" for c in supervisor.children)}
