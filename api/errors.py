@@ -168,7 +168,7 @@ def _validation_fields(exc: ValidationException) -> dict[str, str]:
             key = str(item.get("key") or "")
             name = _field_name(key.split(".")) if key else "request"
             message = str(item.get("message") or "is invalid").replace("`", "")
-            if name == "body" and "missing required field" in message:
+            if name == "body":  # the only body error Litestar reports itself: no body at all
                 message = "is empty; send a JSON object"
             fields.setdefault(name, message)
     return fields
