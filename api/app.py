@@ -18,6 +18,7 @@ from api.rate_limit import RateLimitMiddleware
 from api.routes import agent, health, metrics, operations, schedules, task_control, tasks
 from api.routes import keys as key_routes
 from api.routes import webhooks as webhook_routes
+from api.routing import answer_options
 from api.schemas.openapi import ClosedModelsSchemaPlugin, docs_assets_router, openapi_config
 from api.state import ApiState
 from app.db import make_engine, make_session_factory
@@ -92,6 +93,7 @@ def create_app(settings: Settings) -> Litestar:
             webhook_routes.run_deliveries,
             docs_assets_router(),
         ],
+        before_request=answer_options,
         state=State({"api": state}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         template_config=template_config(),
