@@ -13,6 +13,7 @@ import dramatiq
 from actors.sending import send_dispatches
 from actors.webhooks import install_outbox
 from actors.worker import run_environment
+from app.logging import run_context
 from app.models.enums import Priority
 from app.services.concurrency import release_after_delivery
 from app.services.dispatch import ACTOR_PRIORITY, actor_name, queue_name
@@ -23,6 +24,11 @@ ACTOR_TIME_LIMIT_MS = 3_600_000 + 300_000
 
 
 def execute(run_id: str) -> None:
+    with run_context(run_id):  # every log line of the run carries its id (LOG_FORMAT=json)
+        _execute(run_id)
+
+
+def _execute(run_id: str) -> None:
     env = run_environment()
     install_outbox(env.session_factory)  # the run's webhook message goes out after its end commits
     retry = execute_run(env, uuid.UUID(run_id))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -11,6 +12,7 @@ from app.cli import keys as keys_commands
 from app.cli import webhooks as webhook_commands
 from app.cli.servers import UNREACHABLE_ERRORS, reached_nothing, use_servers
 from app.errors import AppError
+from app.logging import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--email", required=True)
     create.add_argument("--plan", default="free", choices=["free", "pro", "enterprise"])
     create.add_argument("--credits", type=int, help="monthly credits (default: the plan's)")
+    create.add_argument("--admin", action="store_true", help="may open the dashboard's operations page")
+    users.add_parser("admin", help="let a user open the dashboard's operations page").add_argument(
+        "--email", required=True
+    )
 
     keys_commands.add_parser(commands)
     health_commands.add_parser(commands)
@@ -74,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from app.cli.testing import run_tests
 
             return run_tests(list(args.pytest_args))
+        # Commands print their answers; logs (warnings unless LOG_LEVEL says) go to stderr.
+        configure_logging(os.environ.get("LOG_LEVEL") or "WARNING")
         # Every other command uses a running `agentsched dev`'s servers, else the configured ones.
         servers = use_servers()
         try:

@@ -50,12 +50,13 @@ class TaskRun(Base):
             "task_id",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
-        # A user's runs waiting for a slot, released in priority then FIFO order.
+        # A user's queued runs: those with a message out (parked_at NULL) count against their
+        # concurrency limit when a new run is created; the parked ones wait for a slot.
         Index(
-            "ix_task_runs_parked_user_id",
+            "ix_task_runs_queued_user_id",
             "user_id",
-            "queued_at",
-            postgresql_where=text("status = 'queued' AND parked_at IS NOT NULL"),
+            "parked_at",
+            postgresql_where=text("status = 'queued'"),
         ),
     )
 

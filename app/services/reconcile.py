@@ -5,9 +5,14 @@
     again once it has waited `grace_ms`. A message is lost when its id is in neither the
     queue's `.msgs` hash nor its delay queue's. A retry's backoff is kept: the new message is
     delayed until the run's `not_before`.
-(b) A run still `running` after its lease expired belonged to a worker that died; it gets a new
-    message, and the worker that takes it claims it again (counting an attempt; with none left
-    the claim fails it as `worker_lost`).
+(b) A run still `running` after its lease expired belonged to a worker that died (leases are
+    renewed by a heartbeat, so this is `RUN_LEASE_S` after the death, not the run's deadline);
+    it gets a new message, and the worker that takes it claims it again (counting an attempt;
+    with none left the claim fails it as `worker_lost`) and resumes it from its recorded steps.
+(d) First of all, the messages a dead worker had prefetched (held in its Dramatiq ack set, so
+    they look present) go back on their queues (app.services.dead_workers).
+(c) A run parked for a user slot whose user has a free slot again (a raised limit, a worker that
+    died between a run's end and the release) is released and sent.
 
 Sending again is always safe: a run is claimed by one atomic UPDATE, so a second message for
 the same run finds nothing to claim. One reconciler works at a time (a Postgres advisory lock);
@@ -31,6 +36,8 @@ from redis import Redis
 from sqlalchemy import Row, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.services.concurrency import release_stranded
+from app.services.dead_workers import requeue_dead_workers_messages
 from app.services.dispatch import Dispatch, queue_name
 from app.services.stats import delayed_messages_key, messages_key
 
@@ -46,7 +53,7 @@ _QUEUED = text(
     """
     SELECT id, priority, message_id, not_before
       FROM task_runs
-     WHERE status = 'queued' AND NOT cancel_requested
+     WHERE status = 'queued' AND NOT cancel_requested AND parked_at IS NULL
        AND queued_at <= :cutoff
        AND (message_sent_at IS NULL OR message_sent_at <= :cutoff)
      ORDER BY queued_at
@@ -93,6 +100,8 @@ class ReconcileResult:
     sent: int = 0
     #: False when another reconciler held the lock and this one did nothing.
     ran: bool = True
+    #: Messages that dead workers had prefetched, put back on their queues.
+    requeued: int = 0
 
     def __add__(self, other: ReconcileResult) -> ReconcileResult:
         return ReconcileResult(
@@ -102,6 +111,7 @@ class ReconcileResult:
             self.stuck + other.stuck,
             self.sent + other.sent,
             self.ran and other.ran,
+            self.requeued + other.requeued,
         )
 
 
@@ -114,8 +124,13 @@ def reconcile(
     grace_ms: int,
     lease_grace_ms: int,
     batch_size: int = RECONCILE_BATCH,
+    dead_worker_ms: int | None = None,
 ) -> ReconcileResult:
-    """Send again what Redis lost or never got, and what dead workers left running."""
+    """Send again what Redis lost or never got, and what dead workers left running.
+
+    With `dead_worker_ms`, the messages held by workers whose broker heartbeat is older than that
+    go back on their queues first (app.services.dead_workers).
+    """
     cutoff = now - timedelta(milliseconds=grace_ms)
     with session_factory() as session, session.begin():
         locked: bool = session.execute(
@@ -125,6 +140,8 @@ def reconcile(
             logger.debug("another reconciler is at work; skipping this round")
             return ReconcileResult(ran=False)
         total = ReconcileResult()
+        if dead_worker_ms is not None:
+            total += _requeue_dead(redis_client, now, dead_worker_ms)
         queued = session.execute(_QUEUED.execution_options(yield_per=batch_size), {"cutoff": cutoff})
         for rows in queued.partitions():
             total += _resend_queued(rows, redis_client, send, now)
@@ -132,6 +149,12 @@ def reconcile(
         for start in range(0, len(stuck), batch_size):
             chunk = stuck[start : start + batch_size]
             total += _resend_stuck(session_factory, chunk, redis_client, send, now, cutoff)
+    # Runs waiting for a user slot that no ending run released (app.services.concurrency).
+    with session_factory.begin() as session:
+        released = release_stranded(session, now)
+    if released:
+        logger.info("reconciler: %d run(s) waiting for a user slot released", len(released))
+        total += ReconcileResult(sent=len(send(released)))
     if total.unsent or total.lost or total.stuck:
         logger.warning(
             "reconciler: %d queued run(s) never sent, %d lost from Redis, %d stuck past their "
@@ -142,6 +165,19 @@ def reconcile(
             total.sent,
         )
     return total
+
+
+def _requeue_dead(redis_client: Redis, now: datetime, dead_worker_ms: int) -> ReconcileResult:
+    dead = requeue_dead_workers_messages(
+        redis_client, now_ms=int(now.timestamp() * 1000), timeout_ms=dead_worker_ms
+    )
+    if dead.workers:
+        logger.warning(
+            "reconciler: %d dead worker(s); %d message(s) they held put back on their queues",
+            dead.workers,
+            dead.requeued,
+        )
+    return ReconcileResult(requeued=dead.requeued)
 
 
 def _missing(redis_client: Redis, rows: Sequence[tuple[str, str | None]]) -> list[bool]:

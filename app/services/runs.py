@@ -207,9 +207,10 @@ _FINISH = text(
                result = :result, error = CAST(:error AS jsonb)
          WHERE id = :run_id AND status = 'running' AND attempts = :attempt
         RETURNING id, task_id, user_id
-    ), charged AS (
+    ), {credits.PAYER_CTE}, charged AS (
         INSERT INTO credit_ledger (user_id, run_id, kind, amount, tokens, period)
-        SELECT user_id, id, 'charge', :charge, :tokens, :period FROM finished WHERE :charge > 0
+        SELECT f.user_id, f.id, 'charge', :charge, :tokens, payer.period
+          FROM finished AS f, payer WHERE :charge > 0
         {credits.CHARGE_CONFLICT}
         RETURNING amount
     ), settled AS (

@@ -77,7 +77,7 @@ def create_task(session: Session, user_id: uuid.UUID, request: ExecuteRequest, n
         return _create_scheduled(session, user_id, request, now)
     task_id, run_id, message_id = uuid.uuid4(), uuid.uuid4(), str(uuid.uuid4())
     max_attempts, timeout_ms = run_limits(request.agent_config)
-    parked = session.execute(
+    parked: bool = session.execute(
         _CREATE_WITH_RUN,
         {
             "task_id": task_id,

@@ -69,11 +69,11 @@ def upgrade() -> None:
     )
     op.add_column("task_runs", sa.Column("parked_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index(
-        "ix_task_runs_parked_user_id",
+        "ix_task_runs_queued_user_id",
         "task_runs",
-        ["user_id", "queued_at"],
+        ["user_id", "parked_at"],
         unique=False,
-        postgresql_where=sa.text("status = 'queued' AND parked_at IS NOT NULL"),
+        postgresql_where=sa.text("status = 'queued'"),
     )
     op.execute(_COUNT_FUNCTION)
     for statement in _TRIGGERS:
@@ -103,9 +103,9 @@ def downgrade() -> None:
         op.execute(f"DROP TRIGGER IF EXISTS {name} ON task_runs")
     op.execute("DROP FUNCTION IF EXISTS agentsched_count_running_runs()")
     op.drop_index(
-        "ix_task_runs_parked_user_id",
+        "ix_task_runs_queued_user_id",
         table_name="task_runs",
-        postgresql_where=sa.text("status = 'queued' AND parked_at IS NOT NULL"),
+        postgresql_where=sa.text("status = 'queued'"),
     )
     op.drop_column("task_runs", "parked_at")
     op.drop_constraint(op.f("ck_users_concurrency_nonnegative"), "users", type_="check")
