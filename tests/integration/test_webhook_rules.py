@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, text
 
+from app.clock import SYSTEM_CLOCK
 from app.models import WebhookDelivery
 from tests.integration.conftest import wait_for_runs
 from tests.support.webhook_fixtures import webhook_settings
@@ -195,7 +196,7 @@ def test_a_skipped_slot_sends_run_skipped_when_subscribed(
     result = run_scheduling_pass(
         session_factory,
         now=datetime.now(UTC),
-        send=lambda dispatches: send_dispatches(session_factory, dispatches, hook_settings_clock()),
+        send=lambda dispatches: send_dispatches(session_factory, dispatches, SYSTEM_CLOCK),
     )
     assert result.runs_skipped == 1  # the manual run was still queued
     start_worker(run_settings=hook_settings)
@@ -203,9 +204,3 @@ def test_a_skipped_slot_sends_run_skipped_when_subscribed(
     assert got.payload["type"] == "run.skipped"
     assert got.payload["data"]["status"] == "skipped"
     assert got.payload["data"]["id"] != run_now["runId"]
-
-
-def hook_settings_clock():
-    from app.clock import SYSTEM_CLOCK
-
-    return SYSTEM_CLOCK

@@ -279,3 +279,79 @@ def test_another_users_run_deliveries_are_404(hook_client, make_account, session
     assert hook_client.get(f"/api/runs/{uuid.uuid4()}/deliveries", headers=owner.headers).status_code == 404
     assert hook_client.get(path, headers=owner.headers).json() == {"items": []}
     assert hook_client.post("/api/me/webhook-secret").status_code == 401
+
+
+def metric(name: str, **labels: str) -> float:
+    from app.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_deliveries_are_counted_by_outcome_and_their_latency_observed(
+    hook_client, make_account, receiver, start_worker, session_factory, hook_settings
+):
+    before = {
+        "retrying": metric("agentsched_webhook_attempts_total", outcome="retrying"),
+        "delivered": metric("agentsched_webhook_attempts_total", outcome="delivered"),
+        "latency": metric("agentsched_webhook_delivery_latency_seconds_count"),
+    }
+    account = make_account()
+    receiver.secrets = [new_secret(hook_client, account)]
+    receiver.script = [500]
+    created = execute(hook_client, account, {"url": receiver.url})
+    start_worker(run_settings=hook_settings)
+    receiver.wait_for(2)
+    wait_for_delivery_status(session_factory, created["runId"])
+    assert metric("agentsched_webhook_attempts_total", outcome="retrying") == before["retrying"] + 1
+    assert metric("agentsched_webhook_attempts_total", outcome="delivered") == before["delivered"] + 1
+    assert metric("agentsched_webhook_delivery_latency_seconds_count") == before["latency"] + 1
+
+
+def test_a_delivery_that_keeps_failing_gives_up_after_webhook_retry_hours(
+    make_account, receiver, start_worker, session_factory
+):
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+
+    settings = webhook_settings(webhook_retry_hours=3 / 3600, webhook_min_backoff_ms=400)  # 3 s
+    receiver.default = 500
+    with TestClient(create_app(settings)) as client:
+        account = make_account()
+        receiver.secrets = [new_secret(client, account)]
+        created = execute(client, account, {"url": receiver.url})
+        start_worker(run_settings=settings)
+        [row] = wait_for_delivery_status(
+            session_factory, created["runId"], statuses=("failed",), timeout_s=20
+        )
+        assert row.last_status_code == 500
+        assert row.attempts == len(receiver.received)
+        assert row.attempts >= 2
+        [item] = deliveries(client, account, created["runId"])
+        assert item["status"] == "failed"
+        assert item["nextAttemptAt"] is None
+        assert item["lastError"].startswith("HTTP 500")
+
+
+def test_the_cli_rotates_a_secret_and_lists_a_runs_deliveries(
+    hook_client, make_account, receiver, start_worker, session_factory, hook_settings, capsys
+):
+    import argparse
+
+    from app.cli import webhooks as cli
+
+    account = make_account()
+    assert cli.run(argparse.Namespace(action="secret", email=account.email)) == 0
+    secret = capsys.readouterr().out.strip().splitlines()[-1]
+    assert secret.startswith("whsec_")
+    receiver.secrets = [secret]
+    created = execute(hook_client, account, {"url": receiver.url})
+    start_worker(run_settings=hook_settings)
+    [got] = receiver.wait_for(1)
+    assert got.verified_with == [secret]
+    wait_for_delivery_status(session_factory, created["runId"])
+    assert cli.run(argparse.Namespace(action="deliveries", run=created["runId"])) == 0
+    out = capsys.readouterr().out
+    assert got.headers["webhook-id"] in out
+    assert "delivered" in out
+    assert receiver.url in out
