@@ -14,6 +14,7 @@ from api.body import ApiRequest
 from api.dashboard import dashboard_router, template_config
 from api.errors import EXCEPTION_HANDLERS
 from api.http_metrics import HttpMetricsMiddleware
+from api.query import EmptyQueryValuesMiddleware
 from api.rate_limit import RateLimitMiddleware
 from api.routes import agent, health, metrics, operations, schedules, task_control, tasks
 from api.routes import keys as key_routes
@@ -97,7 +98,7 @@ def create_app(settings: Settings) -> Litestar:
         state=State({"api": state}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         template_config=template_config(),
-        middleware=[HttpMetricsMiddleware(), rate_limiter],
+        middleware=[EmptyQueryValuesMiddleware(), HttpMetricsMiddleware(), rate_limiter],
         on_startup=[start_waiter],
         on_shutdown=[stop_waiter],
         # api/errors.py logs each error itself: a 4xx as one line, a 5xx with its traceback.

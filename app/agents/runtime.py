@@ -7,7 +7,9 @@ normal path, not a special case. Every model call that is made is bounded by the
 deadline (the provider receives the time left), preceded by a stop check (cancellation), a
 hand-back check (the worker is stopping), a deadline check and the `before_call` hooks, and
 written to the journal when it starts and when it ends. Tokens are summed from what the
-provider reports; the run stops planning more work once its token budget is spent.
+provider reports. The token budget (app.agents.budget) decides whether a call may start: the
+plan and the steps leave room for the final call, which fails the run `budget_exhausted` when
+even that room was spent (a provider counting more than estimated).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from app.agents.budget import cut_to_tokens, estimate_prompt, plan_budget
 from app.agents.registry import AgentType
 from app.agents.steps import (
     PLAN_INDEX,
@@ -28,7 +31,7 @@ from app.agents.steps import (
     StepJournal,
 )
 from app.clock import Clock
-from app.errors import ProviderError, RunCancelled, RunTimeout
+from app.errors import BudgetExhausted, ProviderError, RunCancelled, RunTimeout
 from app.providers.base import ChatMessage, Completion, ModelProvider
 from app.providers.offline import PLAN_MARKER
 
@@ -120,6 +123,9 @@ class AgentRun:
         #: Model calls made by this attempt, and steps reused from earlier attempts.
         self.calls = 0
         self.replayed = 0
+        self.budget = plan_budget(
+            token_budget, [agent.system_prompt, self._final_prompt("")], MAX_ANSWER_TOKENS
+        )
 
     @property
     def tokens_used(self) -> int:
@@ -135,16 +141,10 @@ class AgentRun:
             f"Goal: {self.goal}\n\nPlan how to reach this goal. {PLAN_MARKER} "
             f"(at most {self.agent.max_steps} short strings), nothing else.",
         )
-        steps = parse_plan(plan_answer, self.agent.max_steps) or [self.goal]
+        # No plan when the budget can't cover one: the final call answers the goal directly.
+        steps = [] if plan_answer is None else parse_plan(plan_answer, self.agent.max_steps) or [self.goal]
         outputs: list[tuple[str, str]] = []
         for number, step in enumerate(steps, start=1):
-            if number not in recorded and self._tokens_left() < MIN_TOKENS_FOR_A_CALL * 2:
-                logger.info(
-                    "%stoken budget nearly spent; stopping after %d steps",
-                    self.log_prefix,
-                    number - 1,
-                )
-                break
             previous = "\n\n".join(f"Step {i}: {s}\nOutput: {o}" for i, (s, o) in enumerate(outputs, 1))
             answer = self._step(
                 recorded,
@@ -153,26 +153,42 @@ class AgentRun:
                 step,
                 f"Goal: {self.goal}\n\n{previous}\n\nNow do step {number} of {len(steps)}: {step}",
             )
+            if answer is None:
+                logger.info("%stoken budget spent; stopping after %d steps", self.log_prefix, number - 1)
+                break
             outputs.append((step, answer[:STEP_OUTPUT_CHARS]))
         findings = "\n\n".join(f"Step {i}: {s}\nOutput: {o}" for i, (s, o) in enumerate(outputs, 1))
-        final = self._step(
-            recorded,
-            len(steps) + 1,
-            "final",
-            "Final result",
-            f"Goal: {self.goal}\n\n{findings}\n\nWrite the final result for the goal from these steps.",
-        ).strip()
-        return final or findings or "(the model returned an empty answer)"
+        if len(steps) + 1 not in recorded:  # the findings are cut to the room the budget left
+            skeleton = estimate_prompt([self.agent.system_prompt, self._final_prompt("")])
+            findings = cut_to_tokens(findings, self.budget.findings_room(self.tokens_used, skeleton))
+        final = self._step(recorded, len(steps) + 1, "final", "Final result", self._final_prompt(findings))
+        assert final is not None  # the final call raises BudgetExhausted instead
+        return final.strip() or findings or "(the model returned an empty answer)"
 
-    def _tokens_left(self) -> int:
-        return self.token_budget - self.tokens_used
+    def _final_prompt(self, findings: str) -> str:
+        return f"Goal: {self.goal}\n\n{findings}\n\nWrite the final result for the goal from these steps."
 
-    def _step(self, recorded: Mapping[int, str], index: int, kind: str, title: str, prompt: str) -> str:
-        """The step's output: reused when an earlier attempt completed it, else a model call."""
+    def _step(
+        self, recorded: Mapping[int, str], index: int, kind: str, title: str, prompt: str
+    ) -> str | None:
+        """The step's output: reused when an earlier attempt completed it, else a model call.
+
+        None when the budget can't cover the call (it is not made); for the final call that
+        fails the run `budget_exhausted`.
+        """
         if index in recorded:
             self.replayed += 1
             return recorded[index]
-        max_tokens = max(1, min(MAX_ANSWER_TOKENS, self._tokens_left()))
+        prompt_tokens = estimate_prompt([self.agent.system_prompt, prompt])
+        max_tokens = self.budget.max_tokens(self.tokens_used, prompt_tokens, final=kind == "final")
+        if max_tokens is None:
+            if kind == "final":
+                raise BudgetExhausted(
+                    f"the token budget was spent before the final call ({self.tokens_used} of "
+                    f"{self.token_budget} tokens used by this attempt, the final call needs about "
+                    f"{prompt_tokens} for its prompt)"
+                )
+            return None
         return self._call(ModelCall(index, kind, title[:500], prompt, max_tokens, self.model))
 
     def _call(self, call: ModelCall) -> str:

@@ -6,6 +6,7 @@ import argparse
 
 from sqlalchemy import select
 
+from app.cli import credits as credit_commands
 from app.db import make_engine, make_session_factory
 from app.migrate import upgrade_to_head
 from app.models import Task, User
@@ -40,13 +41,11 @@ def _run(session: object, args: argparse.Namespace) -> int:
         user = accounts.create_user(session, email=args.email, plan=args.plan, monthly_credits=args.credits)
         print(f"created user {user.email} ({user.plan}, {user.monthly_credits} credits/month) id={user.id}")
     elif action == ("credits", "reset"):
-        user = accounts.get_user_by_email(session, args.email)
-        accounts.reset_credits(session, user)
-        print(f"credits_used for {user.email} is now 0 of {user.monthly_credits}")
+        return credit_commands.reset(session, args)
+    elif action == ("credits", "audit"):
+        return credit_commands.audit(session, args)
     elif action == ("plan", "set"):
-        user = accounts.get_user_by_email(session, args.email)
-        accounts.set_plan(session, user, args.plan, args.credits)
-        print(f"{user.email} is now on {user.plan} with {user.monthly_credits} credits/month")
+        return credit_commands.plan_set(session, args)
     elif action == ("tasks", "list"):
         query = select(Task, User.email).join(User, User.id == Task.user_id)
         if args.email:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.clock import SYSTEM_CLOCK
 from app.errors import InvalidInput, NotAuthenticated, NotFound
 from app.models import ApiKey, User
 from app.models.enums import PLAN_CONCURRENCY, PLAN_CREDITS, Plan
@@ -75,19 +77,30 @@ def authenticate(session: Session, key: str) -> uuid.UUID:
     return user_id
 
 
-def set_plan(session: Session, user: User, plan: str, monthly_credits: int | None = None) -> User:
+def set_plan(
+    session: Session,
+    user: User,
+    plan: str,
+    monthly_credits: int | None = None,
+    *,
+    now: datetime | None = None,
+) -> User:
+    """Change the plan with the user row locked, booked in the ledger (app.services.credit_books);
+    `credit_books.overdrawn_by` tells whether the new allowance is below what is used and held."""
+    from app.services.credit_books import change_plan
+
     chosen = parse_plan(plan)
-    user.plan = chosen.value
-    user.monthly_credits = PLAN_CREDITS[chosen] if monthly_credits is None else monthly_credits
-    session.flush()
-    return user
+    credits = PLAN_CREDITS[chosen] if monthly_credits is None else monthly_credits
+    if credits < 0:
+        raise InvalidInput({"credits": "must be 0 or more"})
+    return change_plan(session, user.id, chosen, credits, now=now or SYSTEM_CLOCK.now())
 
 
-def reset_credits(session: Session, user: User) -> None:
-    """Start the user's month again; an adjustment row keeps the ledger summing to credits_used."""
-    from app.services.credits import record_adjustment
+def reset_credits(session: Session, user: User, *, now: datetime | None = None) -> int:
+    """Set this month's credits_used to 0 with the user row locked, booked as an adjustment of
+    this month's use; returns the credits undone."""
+    from app.services.credit_books import reset_credits as reset
 
-    if user.credits_used:
-        record_adjustment(session, user.id, -user.credits_used)
-    session.execute(update(User).where(User.id == user.id).values(credits_used=0))
+    undone = reset(session, user.id, now=now or SYSTEM_CLOCK.now())
     session.refresh(user)
+    return undone

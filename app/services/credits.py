@@ -9,7 +9,8 @@ Rules (CONTRACT "Money"):
   reservation) is charged once, as one `credit_ledger` row in the same transaction; tokens
   past the run's budget are recorded on the run (`tokens_over_budget`);
 - `credits_used` counts the current UTC calendar month; the first write of a new month starts
-  it again at 0 (the ledger keeps every month's rows).
+  it again at 0 (the ledger keeps every month's rows); an operator's reset or plan change is
+  booked in app.services.credit_books.
 """
 
 from __future__ import annotations
@@ -73,6 +74,15 @@ def settle_set(charge_sql: str) -> str:
            credits_reserved = GREATEST(credits_reserved - :reserved, 0)"""
 
 
+#: The payer of the run `finished` returns, locked, and the month its charge counts in: the
+#: stored month when that is later than :period (a worker whose clock is behind), so the charge
+#: lands in the month `credits_used` counts.
+PAYER_CTE = """payer AS (
+        SELECT id, GREATEST(credits_period, :period) AS period
+          FROM users WHERE id = (SELECT user_id FROM finished)
+           FOR UPDATE
+    )"""
+
 #: The one charge of a run; the partial unique index makes a second one a no-op.
 CHARGE_CONFLICT = "ON CONFLICT (run_id) WHERE kind = 'charge' DO NOTHING"
 
@@ -83,7 +93,8 @@ _SETTLE = text(f"UPDATE users SET {settle_set(':charge')} WHERE id = :user_id")
 _CHARGE = text(
     f"""
     INSERT INTO credit_ledger (user_id, run_id, kind, amount, tokens, period)
-    VALUES (:user_id, :run_id, 'charge', :charge, :tokens, :period)
+    VALUES (:user_id, :run_id, 'charge', :charge, :tokens,
+            (SELECT GREATEST(credits_period, :period) FROM users WHERE id = :user_id FOR UPDATE))
     {CHARGE_CONFLICT}
     RETURNING id
     """

@@ -1,4 +1,4 @@
-"""money: over-budget tokens on runs
+"""money: over-budget tokens on runs, notes on operators' ledger rows
 
 Revision ID: 0004
 Revises: 0003
@@ -23,7 +23,9 @@ def upgrade() -> None:
         "task_runs",
         sa.Column("tokens_over_budget", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
     )
+    op.add_column("credit_ledger", sa.Column("note", sa.String(length=200), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("credit_ledger", "note")
     op.drop_column("task_runs", "tokens_over_budget")
