@@ -7,7 +7,14 @@ from typing import Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -58,6 +65,9 @@ class Settings(BaseSettings):
     reconcile_grace_ms: int = Field(default=60_000, ge=1_000)
     #: Scheduler: reconciler period.
     reconcile_interval_s: int = Field(default=30, ge=1)
+    #: Log lines as text, or one JSON object a line (app.logging); LOG_LEVEL sets the level.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     #: A worker renews the leases of its running runs this often (one statement per process) ...
     run_heartbeat_s: float = Field(default=5, gt=0, le=3600)
     #: ... and a running run whose lease is older than this is taken for lost and claimed again.
@@ -105,6 +115,13 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _fold_case(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.strip().lower() if info.field_name == "log_format" else value.strip().upper()
 
     @field_validator("default_timezone")
     @classmethod
