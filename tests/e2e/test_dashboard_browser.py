@@ -131,7 +131,8 @@ def test_sign_in_create_a_task_and_watch_its_run_finish_live(live_app, browser, 
     page.locator("#run-status", has_text="completed").wait_for(timeout=60_000)  # ...and it ends, live
     assert page.evaluate("window.__sameDocument === true")
     kinds = page.locator(".step .kind").all_inner_texts()
-    assert kinds[0].lower().startswith("plan") and kinds[-1].lower().startswith("final"), kinds
+    assert kinds[0].lower().startswith("plan"), kinds
+    assert kinds[-1].lower().startswith("final"), kinds
     assert seen_running.strip() in ("queued", "running", "completed")
     time_el = page.locator("time[datetime]").first
     assert time_el.get_attribute("title").endswith("UTC")  # UTC on hover, local time shown
