@@ -1,9 +1,11 @@
 """The webhook actor: one delivery attempt per message, on its own queue.
 
-A slow receiver must never starve the runs: a worker process sends at most
-WEBHOOK_CONCURRENCY deliveries at once (each bounded by the 10 s send timeout); a message that
-finds every slot taken goes back to Redis with a short delay, holding no thread while it waits.
-The actor has the lowest Dramatiq priority, so a worker takes runs first.
+A slow receiver must never hold up the runs, so an attempt does not run on the Dramatiq worker
+thread that took its message: the thread hands it to this process's sender pool
+(WEBHOOK_CONCURRENCY threads, each attempt bounded by the 10 s send timeout) and is free again
+at once. A message that finds every sender busy goes back to Redis with a short delay, holding
+no thread while it waits. The message is acked when handed over; should the process die before
+the attempt is recorded, the delivery stays pending and the reconciler sends it again.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dramatiq
@@ -30,15 +33,43 @@ from app.webhooks.sender import SEND_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
-#: Backstop: an attempt is bounded by the send timeout; this catches anything else.
+#: Handing an attempt over takes milliseconds; this is a backstop.
 ACTOR_TIME_LIMIT_MS = 60_000
-#: After every run queue (they are 0..30).
+#: After every run queue (they are 0..30): a busy worker takes runs first.
 ACTOR_PRIORITY = 100
-#: A message that found no free slot comes back after this long (ms, jittered).
+#: A message that found every sender busy comes back after this long (ms, jittered).
 DEFER_MS = (200, 1_000)
 
-_slots: threading.BoundedSemaphore | None = None
-_slots_lock = threading.Lock()
+
+class SenderPool:
+    """At most `size` attempts at once, on threads of their own; `try_submit` never waits."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._slots = threading.BoundedSemaphore(size)
+        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="webhook-sender")
+
+    def try_submit(self, work: Callable[[], None]) -> bool:
+        if not self._slots.acquire(blocking=False):
+            return False
+
+        def run() -> None:
+            try:
+                work()
+            except Exception:  # the delivery stays pending; the reconciler sends it again
+                logger.exception("webhook attempt failed unexpectedly")
+            finally:
+                self._slots.release()
+
+        self._pool.submit(run)
+        return True
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+_pool: SenderPool | None = None
+_pool_lock = threading.Lock()
 _override: DeliveryEnvironment | None = None
 
 
@@ -52,36 +83,34 @@ def _delivery_environment() -> DeliveryEnvironment:
 def set_delivery_environment(environment: DeliveryEnvironment | None) -> None:
     """Use this environment for deliveries in this process (tests swap the resolver, timeout);
     None goes back to the run environment's."""
-    global _override, _slots
+    global _override
     _override = environment
-    _slots = None
 
 
-def _semaphore(size: int) -> threading.BoundedSemaphore:
-    global _slots
-    if _slots is None:
-        with _slots_lock:
-            if _slots is None:
-                _slots = threading.BoundedSemaphore(size)
-    return _slots
+def _sender_pool(size: int) -> SenderPool:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool.size != size:
+            if _pool is not None:
+                _pool.shutdown()  # its running attempts finish
+            _pool = SenderPool(size)
+        return _pool
+
+
+def _attempt(env: DeliveryEnvironment, delivery_id: uuid.UUID) -> None:
+    retry = attempt_delivery(env, delivery_id)
+    if retry is not None:
+        send_delivery_messages([retry])
 
 
 def deliver(delivery_id: str) -> None:
     env = _delivery_environment()
-    slots = _semaphore(env.settings.webhook_concurrency)
-    if not slots.acquire(blocking=False):
-        message_id = str(uuid.uuid4())
-        defer(env.session_factory, uuid.UUID(delivery_id), message_id)
-        send_delivery_messages(
-            [PendingDelivery(uuid.UUID(delivery_id), message_id, random.randint(*DEFER_MS))]
-        )
+    target = uuid.UUID(delivery_id)
+    if _sender_pool(env.settings.webhook_concurrency).try_submit(lambda: _attempt(env, target)):
         return
-    try:
-        retry = attempt_delivery(env, uuid.UUID(delivery_id))
-    finally:
-        slots.release()
-    if retry is not None:
-        send_delivery_messages([retry])
+    message_id = str(uuid.uuid4())
+    defer(env.session_factory, target, message_id)
+    send_delivery_messages([PendingDelivery(target, message_id, random.randint(*DEFER_MS))])
 
 
 deliver_webhook: dramatiq.Actor[[str], None] = dramatiq.actor(  # type: ignore[call-overload]

@@ -7,9 +7,11 @@ name. Redirects are answers like any other non-2xx (Standard Webhooks: not follo
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 
@@ -55,6 +57,13 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
 
 
+def _abort(connection: http.client.HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def post(
     target: Target, body: bytes, headers: dict[str, str], *, timeout_s: float = SEND_TIMEOUT_S
 ) -> SendResult:
@@ -65,6 +74,11 @@ def post(
         connection = _PinnedHTTPSConnection(target, timeout_s)
     else:
         connection = _PinnedHTTPConnection(target, timeout_s)
+    # The socket timeout bounds each read; this bounds the whole exchange (a receiver that
+    # trickles its answer byte by byte is cut off too).
+    watchdog = threading.Timer(timeout_s, _abort, args=(connection,))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         connection.request(
             "POST",
@@ -80,11 +94,13 @@ def post(
         answer = connection.getresponse()
         preview = answer.read(ANSWER_PREVIEW_BYTES)
         status = answer.status
-    except TimeoutError:
-        return SendResult(None, f"timeout: no answer within {timeout_s:g} s", time.monotonic() - started)
     except (OSError, http.client.HTTPException) as exc:
-        return SendResult(None, f"connection error: {type(exc).__name__}: {exc}", time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        if isinstance(exc, TimeoutError) or elapsed >= timeout_s:
+            return SendResult(None, f"timeout: no answer within {timeout_s:g} s", elapsed)
+        return SendResult(None, f"connection error: {type(exc).__name__}: {exc}", elapsed)
     finally:
+        watchdog.cancel()
         connection.close()
     elapsed = time.monotonic() - started
     if 200 <= status < 300:

@@ -216,7 +216,7 @@ def test_hanging_receivers_do_not_hold_up_runs(make_account, receiver, start_wor
         hooked = [execute(client, account, {"url": receiver.url})["runId"] for _ in range(3)]
         start_worker(threads=3, run_settings=settings)
         receiver.wait_for(1)
-        # One worker thread is stuck on the hanging receiver at most; the runs go on.
+        # The hanging sends hold sender threads, not worker threads: the runs go on.
         plain = [execute(client, account, None)["runId"] for _ in range(6)]
         runs = wait_for_runs(session_factory, hooked + plain, timeout_s=20)
         assert {run.status for run in runs} == {"completed"}
