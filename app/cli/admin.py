@@ -39,7 +39,13 @@ def _run(session: object, args: argparse.Namespace) -> int:
     action = (args.command, getattr(args, "action", None))
     if action == ("users", "create"):
         user = accounts.create_user(session, email=args.email, plan=args.plan, monthly_credits=args.credits)
-        print(f"created user {user.email} ({user.plan}, {user.monthly_credits} credits/month) id={user.id}")
+        user.is_admin = bool(getattr(args, "admin", False))
+        role = ", admin" if user.is_admin else ""
+        print(f"created user {user.email} ({user.plan}, {user.monthly_credits} credits/month{role}) id={user.id}")
+    elif action == ("users", "admin"):
+        user = accounts.get_user_by_email(session, args.email)
+        user.is_admin = True
+        print(f"{user.email} is now an admin: the dashboard's operations page is open to them")
     elif action == ("credits", "reset"):
         return credit_commands.reset(session, args)
     elif action == ("credits", "audit"):

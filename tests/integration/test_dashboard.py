@@ -254,3 +254,21 @@ def test_operations_are_for_admins_only(client, make_account, session_factory, o
     fragment = client.get("/dashboard/operations", headers={"HX-Request": "true", "HX-Target": "ops-live"})
     assert fragment.status_code == 200
     assert "<html" not in fragment.text
+
+
+def test_admins_are_made_with_the_cli(session_factory, capsys):
+    from app.cli import build_parser
+    from app.cli.admin import run_admin
+
+    def admin(*argv: str) -> int:
+        return run_admin(build_parser().parse_args(list(argv)))
+
+    assert admin("users", "create", "--email", "ops@example.com", "--admin") == 0
+    assert admin("users", "create", "--email", "dev@example.com") == 0
+    assert "admin" in capsys.readouterr().out
+    with session_factory() as session:
+        flags = dict(session.execute(select(User.email, User.is_admin)).all())
+    assert flags == {"ops@example.com": True, "dev@example.com": False}
+    assert admin("users", "admin", "--email", "dev@example.com") == 0
+    with session_factory() as session:
+        assert session.scalar(select(User.is_admin).where(User.email == "dev@example.com")) is True
