@@ -41,7 +41,8 @@ def _run(session: object, args: argparse.Namespace) -> int:
         user = accounts.create_user(session, email=args.email, plan=args.plan, monthly_credits=args.credits)
         user.is_admin = bool(getattr(args, "admin", False))
         role = ", admin" if user.is_admin else ""
-        print(f"created user {user.email} ({user.plan}, {user.monthly_credits} credits/month{role}) id={user.id}")
+        allowance = f"{user.monthly_credits} credits/month{role}"
+        print(f"created user {user.email} ({user.plan}, {allowance}) id={user.id}")
     elif action == ("users", "admin"):
         user = accounts.get_user_by_email(session, args.email)
         user.is_admin = True
