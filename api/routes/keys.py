@@ -12,7 +12,8 @@ from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api.auth import current_user_id
-from api.schemas.keys import CreatedKey, CreateKeyRequest, KeyList, KeyView, created_key, key_view
+from api.schemas.keys import CreatedKey, CreateKeyBody, KeyList, KeyView, created_key, key_view
+from api.schemas.openapi import API_KEY_SECURITY, errors
 from api.state import ApiState
 from app.services import keys
 
@@ -23,28 +24,51 @@ def _state(request: Request[Any, Any, State]) -> ApiState:
     return request.app.state.api  # type: ignore[no-any-return]
 
 
-@get("/api/keys", dependencies=USER, sync_to_thread=True)
+@get(
+    "/api/keys",
+    dependencies=USER,
+    sync_to_thread=True,
+    security=API_KEY_SECURITY,
+    responses=errors(401, 429, 503),
+    summary="List the caller's API keys",
+)
 def list_keys(request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID]) -> KeyList:
-    """The caller's keys, revoked ones too, newest first."""
+    """The caller's keys, revoked ones too, newest first; never a key itself."""
     with _state(request).session_factory() as session:
         return KeyList(items=[key_view(key) for key in keys.list_keys(session, user_id)])
 
 
-@post("/api/keys", dependencies=USER, sync_to_thread=True, status_code=HTTP_201_CREATED)
+@post(
+    "/api/keys",
+    dependencies=USER,
+    sync_to_thread=True,
+    status_code=HTTP_201_CREATED,
+    security=API_KEY_SECURITY,
+    responses=errors(400, 401, 413, 429, 503),
+    summary="Create an API key",
+)
 def create_key(
-    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], data: CreateKeyRequest
+    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], data: CreateKeyBody
 ) -> CreatedKey:
-    """Issue a key for the caller. The answer holds the key; it is never shown again."""
+    """Issue a key for the caller. The answer holds the key (`key`); it is never shown again."""
     with _state(request).session_factory.begin() as session:
         issued = keys.issue_key(session, user_id, data.name)
         return created_key(issued.record, issued.secret)
 
 
-@delete("/api/keys/{key_id:uuid}", dependencies=USER, sync_to_thread=True, status_code=HTTP_200_OK)
+@delete(
+    "/api/keys/{key_id:uuid}",
+    dependencies=USER,
+    sync_to_thread=True,
+    status_code=HTTP_200_OK,
+    security=API_KEY_SECURITY,
+    responses=errors(400, 401, 404, 429, 503),
+    summary="Revoke an API key",
+)
 def revoke_key(
     request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], key_id: FromPath[uuid.UUID]
 ) -> KeyView:
-    """Revoke one of the caller's keys: at once here, within 10 s on every other API process."""
+    """Revoke one of the caller's keys: at once on this API process, within 10 s on every other."""
     state = _state(request)
     with state.session_factory.begin() as session:
         key = keys.revoke_key(session, key_id, user_id=user_id, now=state.clock.now())

@@ -151,3 +151,17 @@ def test_either_of_two_cron_secrets_is_accepted_during_a_rotation(settings: Sett
                 "/api/cron/check-scheduled-tasks", headers={"Authorization": f"Bearer {secret}"}
             )
             assert answer.status_code == status, (secret, answer.text)
+
+
+def test_the_keys_operations_are_documented(client: AppClient) -> None:
+    document = client.get("/schema/openapi.json").json()
+    operations = document["paths"]
+    create = operations["/api/keys"]["post"]
+    assert create["security"] == [{"apiKey": []}]
+    assert {"201", "400", "401"} <= set(create["responses"])
+    body = create["requestBody"]["content"]["application/json"]["schema"]
+    schema = document["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+    assert schema["properties"]["name"]["maxLength"] == 100
+    assert schema.get("additionalProperties") is False
+    assert {"200", "401"} <= set(operations["/api/keys"]["get"]["responses"])
+    assert {"200", "401", "404"} <= set(operations["/api/keys/{key_id}"]["delete"]["responses"])
