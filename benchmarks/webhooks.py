@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                 arrivals = sorted(receiver.arrivals.values())
                 span = max(arrivals[-1] - arrivals[0], 1e-9) if len(arrivals) > 1 else float("nan")
                 latencies = _latencies(engine, receiver)
-                cost = (plain - hooked) / plain
-                print(f"with webhooks:    {hooked:,.0f} runs/s ({cost:.1%} fewer; goal: at most 10%)")
+                change = (hooked - plain) / plain
+                print(f"with webhooks:    {hooked:,.0f} runs/s ({change:+.1%}; goal: no worse than -10%)")
                 print(
                     f"deliveries: {len(arrivals):,} received ({receiver.requests:,} requests, "
                     f"{receiver.bad_signatures} bad signatures) at {len(arrivals) / span:,.0f}/s"
