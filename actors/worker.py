@@ -6,16 +6,23 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import Any
 
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from actors.signals import stop_once_on_sigterm
+from app.clock import SYSTEM_CLOCK
 from app.db import make_engine, make_session_factory
 from app.metrics_sharing import MetricsPublisher
-from app.providers import make_provider
+from app.providers import deadline_http, make_provider
+from app.services.dead_workers import record_broker_heartbeat
 from app.services.execution import RunEnvironment
+from app.services.leases import LeaseKeeper
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -51,12 +58,27 @@ def run_environment(threads: int | None = None) -> RunEnvironment:
                     pool_timeout=60,
                 )
                 _warm_up(engine, min(threads + 2, WORKER_DB_POOL_MAX))
+                session_factory = make_session_factory(engine)
                 _environment = RunEnvironment(
-                    session_factory=make_session_factory(engine),
+                    session_factory=session_factory,
                     provider=make_provider(_settings),
                     settings=_settings,
+                    leases=LeaseKeeper(
+                        session_factory,
+                        SYSTEM_CLOCK,
+                        lease_s=_settings.run_lease_s,
+                        heartbeat_s=_settings.run_heartbeat_s,
+                        on_beat=_broker_heartbeat,
+                    ),
                 )
     return _environment
+
+
+def _broker_heartbeat() -> None:
+    """With each lease heartbeat, tell the broker this worker lives (see app.services.dead_workers)."""
+    broker = dramatiq.get_broker()
+    if isinstance(broker, RedisBroker):
+        record_broker_heartbeat(broker.client, broker.broker_id, int(time.time() * 1000))
 
 
 def _warm_up(engine: Engine, connections: int) -> None:
@@ -70,10 +92,14 @@ def _warm_up(engine: Engine, connections: int) -> None:
         connection.close()
 
 
+def _started_by_dramatiq_cli() -> bool:
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return program.startswith("dramatiq") or (bool(sys.argv) and sys.argv[0].endswith("dramatiq/__main__.py"))
+
+
 def _started_by_dramatiq_cli_without_threads() -> bool:
     """True in a `dramatiq actors` worker whose command line does not say `--threads`."""
-    program = os.path.basename(sys.argv[0]) if sys.argv else ""
-    if not (program.startswith("dramatiq") or sys.argv[0].endswith("dramatiq/__main__.py")):
+    if not _started_by_dramatiq_cli():
         return False
     return not any(arg in ("-t", "--threads") or arg.startswith("--threads=") for arg in sys.argv)
 
@@ -103,9 +129,18 @@ class WorkerSetup(Middleware):
             worker.worker_timeout = WORKER_POLL_TIMEOUT_MS
         logger.info("worker starting with %d threads", worker.worker_threads)
         run_environment(worker.worker_threads)
+        if _started_by_dramatiq_cli() and threading.current_thread() is threading.main_thread():
+            grace_s = self.settings.worker_stop_grace_s
+            stop_once_on_sigterm(lambda: run_environment().leases.begin_stop(grace_s))
         # Run counters, durations and model calls reach the API's /metrics through Redis.
         self.metrics = (self.metrics or MetricsPublisher(broker.client)).start()
 
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        # In-flight steps get the grace; every other run is handed back at its next model call.
+        if _environment is not None:
+            _environment.leases.begin_stop(self.settings.worker_stop_grace_s)
+
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        deadline_http.set_stop_deadline(None)  # (tests run several workers in one process)
         if self.metrics is not None:
             self.metrics.stop()

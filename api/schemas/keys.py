@@ -12,8 +12,8 @@ from api.schemas.views import iso
 from app.models import ApiKey
 from app.services.keys import KEY_NAME_MAX_CHARS
 
-#: No control characters (NUL included): the rule of `app.services.keys.check_key_name`.
-NO_CONTROL_PATTERN = "^[^\\x00-\\x1f\\x7f]*$"
+#: No control characters (Unicode's Cc, NUL included): the rule of `app.services.keys.check_key_name`.
+NO_CONTROL_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
 
 KeyName = Annotated[
     str,

@@ -123,7 +123,13 @@ def test_revocation_reaches_another_api_process_within_ten_seconds(
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"name": "x" * 101}, "name"), ({"name": "a\u0000b"}, "name"), ({"name": 5}, "name")],
+    [
+        ({"name": "x" * 101}, "name"),
+        ({"name": "a\u0000b"}, "name"),
+        ({"name": "a\u0085b"}, "name"),
+        ({"name": 5}, "name"),
+        ({"name": "ci", "scopes": ["all"]}, "scopes"),
+    ],
 )
 def test_a_bad_key_name_is_a_400_that_names_it(
     client: AppClient, make_account: Callable[..., Account], body: dict[str, object], field: str
