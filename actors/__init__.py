@@ -37,6 +37,9 @@ INFRASTRUCTURE_MAX_RETRIES = 20
 
 broker = RedisBroker(  # type: ignore[no-untyped-call]
     url=settings.broker_url,
+    # A worker silent this long is dead (our workers also beat with their run leases), for
+    # Dramatiq's own maintenance and for the reconciler (app.services.dead_workers).
+    heartbeat_timeout=int(settings.run_lease_s * 1000),
     middleware=[
         AgeLimit(),
         TimeLimit(),

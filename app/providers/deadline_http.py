@@ -41,6 +41,8 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 #: deadline by many partial sends.
 _WRITE_SLICE = 16 * 1024
 EXCERPT_CHARS = 300
+#: A socket read waits at most this long before looking at the deadlines again (seconds).
+STOP_POLL_S = 1.0
 DEADLINE_MESSAGE = "model call exceeded the run's deadline"
 
 #: Statuses worth another attempt; any other non-2xx means the request itself is wrong.
@@ -93,7 +95,16 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, _clamp(timeout, httpcore.ReadTimeout))
+        # A read waits in slices of at most STOP_POLL_S, so a worker that starts stopping while
+        # the model is still thinking cuts the call at its grace (`set_stop_deadline`).
+        while True:
+            clamped = _clamp(timeout, httpcore.ReadTimeout)
+            waited = STOP_POLL_S if clamped is None else min(clamped, STOP_POLL_S)
+            try:
+                return self._inner.read(max_bytes, waited)
+            except httpcore.ReadTimeout:
+                if clamped is not None and waited >= clamped:
+                    raise
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         for start in range(0, len(buffer), _WRITE_SLICE):

@@ -65,6 +65,7 @@ class OpenAIStub:
         self._failure_status = 500
         self._always_status = 500
         self._delay_s = 0.0
+        self._plan_answer = PLAN_ANSWER
         #: (substring of the last user message, failures left, status) from `fail_matching`
         self._matching_failures: list[list[Any]] = []
 
@@ -151,6 +152,11 @@ class OpenAIStub:
             self._failures_left = n
             self._failure_status = status
 
+    def plan_with(self, steps: list[str]) -> None:
+        """The deterministic answer to a planning request is this JSON array of steps."""
+        with self._lock:
+            self._plan_answer = json.dumps(steps)
+
     def fail_matching(self, text: str, times: int = 1, status: int = 500) -> None:
         """The next `times` requests whose last user message contains `text` get `status`."""
         with self._lock:
@@ -232,7 +238,7 @@ class OpenAIStub:
             status, payload, content_type = raw_answer
             _send(handler, status, payload, content_type)
         else:
-            answer = text if text is not None else _deterministic_answer(body)
+            answer = text if text is not None else _deterministic_answer(body, self._plan_answer)
             _send(handler, 200, json.dumps(_completion(body, answer, *tokens)).encode())
 
 
@@ -312,10 +318,10 @@ def _last_user_message(body: dict[str, Any]) -> str:
     return last if isinstance(last, str) else ""
 
 
-def _deterministic_answer(body: dict[str, Any]) -> str:
+def _deterministic_answer(body: dict[str, Any], plan_answer: str = PLAN_ANSWER) -> str:
     last = _last_user_message(body)
     if "JSON array" in last:
-        return PLAN_ANSWER
+        return plan_answer
     return f"stub answer: {last[:40]}"
 
 
