@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
@@ -11,6 +11,8 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 
 from api.auth import current_user_id
+from api.schemas.openapi import API_KEY_SECURITY, errors
+from api.schemas.webhooks import DeliveryList, DeliveryView, WebhookSecret
 from api.state import ApiState
 from app.webhooks.deliveries import delivery_view, list_deliveries
 from app.webhooks.signing import rotate_secret
@@ -18,25 +20,41 @@ from app.webhooks.signing import rotate_secret
 USER = {"user_id": Provide(current_user_id, sync_to_thread=True)}
 
 
-@post("/api/me/webhook-secret", dependencies=USER, sync_to_thread=True)
+@post(
+    "/api/me/webhook-secret",
+    dependencies=USER,
+    sync_to_thread=True,
+    security=API_KEY_SECURITY,
+    responses=errors(401, 429, 503),
+    status_code=201,
+)
 def create_webhook_secret(
     request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID]
-) -> Response[dict[str, Any]]:
-    """Create or rotate the caller's signing secret; shown this once. After a rotation the old
-    secret signs alongside the new one for 24 h."""
+) -> Response[WebhookSecret]:
+    """Create or rotate the caller's webhook signing secret, shown this once. After a rotation
+    the old secret signs alongside the new one for 24 h."""
     state: ApiState = request.app.state.api
     with state.session_factory.begin() as session:
         secret = rotate_secret(session, user_id, state.clock.now())
     return Response({"secret": secret}, status_code=201)
 
 
-@get("/api/runs/{run_id:uuid}/deliveries", dependencies=USER, sync_to_thread=True)
+@get(
+    "/api/runs/{run_id:uuid}/deliveries",
+    dependencies=USER,
+    sync_to_thread=True,
+    security=API_KEY_SECURITY,
+    responses=errors(401, 404, 429, 503),
+)
 def run_deliveries(
     request: Request[Any, Any, State],
     user_id: NamedDependency[uuid.UUID],
     run_id: FromPath[uuid.UUID],
-) -> dict[str, Any]:
-    """The run's webhook deliveries and their state."""
+) -> DeliveryList:
+    """The run's webhook deliveries, oldest first, and the state of each."""
     state: ApiState = request.app.state.api
     with state.session_factory() as session:
-        return {"items": [delivery_view(d) for d in list_deliveries(session, run_id, user_id=user_id)]}
+        items = [
+            cast(DeliveryView, delivery_view(d)) for d in list_deliveries(session, run_id, user_id=user_id)
+        ]
+    return {"items": items}
