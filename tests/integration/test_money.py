@@ -379,3 +379,22 @@ def test_the_audit_passes_a_balanced_database_and_names_each_unbalanced_user(
     assert _email(session_factory, balanced) not in out
     assert _admin("credits", "audit", "--email", _email(session_factory, balanced)) == 0
     assert _admin("credits", "audit", "--email", _email(session_factory, broken)) == 1
+
+
+def test_the_readmes_worked_example(session_factory, settings, clock):
+    user_id = make_user(session_factory, plan="free")
+    give_credits_used(session_factory, user_id, 81, clock.now())
+    _, run_id = queue_run(session_factory, user_id, clock.now())
+    provider = ScriptedProvider(prompt_tokens=10_000)
+    run_once(session_factory, settings, clock, provider, run_id)
+    run = run_row(session_factory, run_id)
+    assert provider.max_tokens == [1_024, 1_024]
+    assert run.error["code"] == "budget_exhausted"
+    assert run.tokens_used == 20_055
+    assert run.credits_used == 19
+    assert run.tokens_over_budget == 1_055
+    assert user_row(session_factory, user_id).credits_used == 100
+    _, next_id = queue_run(session_factory, user_id, clock.now())
+    run_once(session_factory, settings, clock, ScriptedProvider(), next_id)
+    assert run_row(session_factory, next_id).error["code"] == "insufficient_credits"
+    assert_books_balance(session_factory)
