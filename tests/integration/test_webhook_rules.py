@@ -204,3 +204,32 @@ def test_a_skipped_slot_sends_run_skipped_when_subscribed(
     assert got.payload["type"] == "run.skipped"
     assert got.payload["data"]["status"] == "skipped"
     assert got.payload["data"]["id"] != run_now["runId"]
+
+
+def test_the_outbox_sends_after_commit_and_forgets_on_rollback(settings):
+    from app.db import make_engine, make_session_factory
+    from app.webhooks import outbox
+
+    engine = make_engine(settings, pool_size=1, autocommit=True)  # as the worker's
+    try:
+        factory = make_session_factory(engine)
+        sent: list[outbox.PendingDelivery] = []
+        outbox.install(factory, sent.extend)
+        outbox.install(factory, sent.extend)  # once per factory
+        committed = outbox.PendingDelivery(uuid.uuid4(), "m-1")
+        with factory.begin() as session:
+            outbox.stash(session, [committed])
+            assert sent == []  # not before the commit
+        assert sent == [committed]
+        def fail_in_a_transaction() -> None:
+            with factory.begin() as session:
+                outbox.stash(session, [outbox.PendingDelivery(uuid.uuid4(), "m-2")])
+                raise RuntimeError("rolled back")
+
+        with pytest.raises(RuntimeError):
+            fail_in_a_transaction()
+        with factory.begin() as session:
+            session.execute(text("SELECT 1"))
+        assert sent == [committed]
+    finally:
+        engine.dispose()
