@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 import uuid
 
 from litestar import Request
@@ -30,10 +31,11 @@ def current_user_id(request: Request[object, object, State]) -> uuid.UUID:
     key_hash = hash_api_key(token)
     user_id = state.keys.get(key_hash)
     if user_id is None:
+        checked_at = time.monotonic()
         with state.session_factory() as session:
             verified = verify_key(session, token, state.clock.now())
             session.commit()
-        state.keys.put(key_hash, verified.user_id, verified.key_id)
+        state.keys.put(key_hash, verified.user_id, verified.key_id, checked_at)
         user_id = verified.user_id
     return user_id
 

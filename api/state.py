@@ -38,11 +38,13 @@ class ApiKeyCache:
             return None
         return entry[0]
 
-    def put(self, key_hash: str, user_id: uuid.UUID, key_id: uuid.UUID) -> None:
+    def put(self, key_hash: str, user_id: uuid.UUID, key_id: uuid.UUID, checked_at: float) -> None:
+        """Trust the key until `ttl_s` after `checked_at` (`time.monotonic()` before the lookup
+        began), so a revocation committed while the lookup ran is also seen within `ttl_s`."""
         with self._lock:
             if len(self._entries) > 10_000:
                 self._entries.clear()
-            self._entries[key_hash] = (user_id, key_id, time.monotonic() + self.ttl_s)
+            self._entries[key_hash] = (user_id, key_id, checked_at + self.ttl_s)
 
     def forget(self, key_id: uuid.UUID) -> None:
         with self._lock:
