@@ -17,6 +17,7 @@ from litestar.plugins.htmx import ClientRedirect, HTMXRequest
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 
+from api import errors as api_errors
 from api.dashboard import account_pages, ops_pages, run_pages, session_pages, task_pages
 from api.dashboard.render import STATIC, template_config
 from api.dashboard.web import (
@@ -82,6 +83,19 @@ def _error_page(request: Request[Any, Any, State], status: int, message: str) ->
     return Template(template_name="error.html", context=context, status_code=status, headers=SECURITY_HEADERS)
 
 
+def _unavailable(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    """Postgres or Redis down: the API's 503 (its log line, Retry-After), as a page."""
+    answer = api_errors.unavailable_handler(request, exc)
+    page = _error_page(request, 503, "The service is briefly unavailable. Try again in a few seconds.")
+    page.headers.update(answer.headers)
+    return page
+
+
+def _internal(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    api_errors.internal_error_handler(request, exc)  # logs it with its traceback
+    return _error_page(request, 500, "Something went wrong on our side.")
+
+
 def _sign_in_required(request: Request[Any, Any, State], exc: SignInRequired) -> Response[Any]:
     ended = "?ended=revoked" if request.cookies.get("agentsched_session") else ""
     target = f"{BASE_PATH}/sign-in{ended}"
@@ -125,6 +139,12 @@ def dashboard_router(settings: Settings) -> Router:
     static = create_static_files_router(
         path=f"{BASE_PATH}/static", directories=[STATIC], name="dashboard-static", include_in_schema=False
     )
+    handlers: dict[Any, Any] = {
+        AppError: _handle,
+        HTTPException: _handle,
+        **dict.fromkeys(api_errors.UNAVAILABLE_ERRORS, _unavailable),
+        Exception: _internal,
+    }
     return Router(
         path="/",
         route_handlers=[*HANDLERS, static],
@@ -133,9 +153,6 @@ def dashboard_router(settings: Settings) -> Router:
             DefineMiddleware(CSRFMiddleware, config=csrf_config(settings)),
         ],
         request_class=HTMXRequest,
-        exception_handlers={
-            AppError: _handle,
-            HTTPException: _handle,
-        },
+        exception_handlers=handlers,
         include_in_schema=False,
     )

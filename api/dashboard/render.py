@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Request
-from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.datastructures import Cookie, State
 from litestar.plugins.htmx import HTMXTemplate
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
 from litestar.template.config import TemplateConfig
 
