@@ -161,7 +161,7 @@ def choose_servers() -> ServerChoice:
         )
     settings = load_settings()
     configured = [name for name in ("DATABASE_URL", "REDIS_URL") if os.environ.get(name)]
-    source = "the environment" if configured else "the defaults"
+    source = "the environment" if configured else "the configuration (.env or the defaults)"
     return ServerChoice(
         database_url=settings.database_url,
         redis_url=settings.broker_url,
