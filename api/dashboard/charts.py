@@ -31,8 +31,8 @@ class Chart:
     max_value: float
     unit: str
     bars: list[Bar] = field(default_factory=list)
-    #: (x, text) under the plot
-    ticks: list[tuple[float, str]] = field(default_factory=list)
+    #: (x, text, text-anchor) under the plot
+    ticks: list[tuple[float, str, str]] = field(default_factory=list)
     #: (y, text) left of the plot
     grid: list[tuple[float, str]] = field(default_factory=list)
     #: (tone, text) for the legend
@@ -57,8 +57,10 @@ def _frame(chart: Chart, minutes: Sequence[datetime]) -> float:
     """Axis ticks and grid for `minutes`; the width of one minute's slot."""
     slot = (WIDTH - PAD_LEFT) / max(len(minutes), 1)
     for i, minute in enumerate(minutes):
-        if i % 15 == 0 or i == len(minutes) - 1:
-            chart.ticks.append((PAD_LEFT + i * slot + slot / 2, utc_text(minute)[11:16]))
+        last = i == len(minutes) - 1
+        if i % 15 == 0 or last:  # the last label ends at the right edge, so it is not cut off
+            x = WIDTH - 1 if last else PAD_LEFT + i * slot + slot / 2
+            chart.ticks.append((x, utc_text(minute)[11:16], "end" if last else "middle"))
     scale = _scale(chart.max_value)
     for fraction in (0.0, 0.5, 1.0):
         value = chart.max_value * fraction

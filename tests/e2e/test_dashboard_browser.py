@@ -104,6 +104,32 @@ def _sign_in(page: Page, base: str, key: str) -> None:
     page.wait_for_url(f"{base}/dashboard/tasks")
 
 
+def _seed_an_hour_of_runs(session_factory: Any, task_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    """Finished runs over the last hour (every outcome, scheduled ones a little late), for the charts."""
+    from sqlalchemy import text
+
+    with session_factory.begin() as session:
+        session.execute(
+            text(
+                """
+                INSERT INTO task_runs (id, task_id, user_id, trigger, scheduled_for, status, priority,
+                                       attempts, max_attempts, timeout_ms, queued_at, started_at,
+                                       finished_at, cancel_requested, tokens_used, credits_used,
+                                       credits_reserved, error)
+                SELECT gen_random_uuid(), :task_id, :user_id, 'schedule',
+                       now() - g * interval '47 seconds',
+                       (ARRAY['completed', 'completed', 'completed', 'failed', 'cancelled'])[1 + g % 5],
+                       'medium', 1, 4, 300000, now() - g * interval '47 seconds',
+                       now() - g * interval '47 seconds' + (g % 7) * interval '150 milliseconds',
+                       now() - g * interval '47 seconds' + interval '3 seconds', false, 10, 1, 0,
+                       CASE WHEN g % 5 = 3 THEN '{"code": "timeout", "message": "slow"}'::jsonb END
+                  FROM generate_series(1, 70) AS g
+                """
+            ),
+            {"task_id": task_id, "user_id": user_id},
+        )
+
+
 def _no_horizontal_scroll(page: Page) -> bool:
     return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
 
@@ -216,9 +242,16 @@ def test_revoking_the_key_signs_out_and_pages_fit_a_phone(
         assert page.locator("h1").first.is_visible()
         assert _no_horizontal_scroll(page), name
         page.screenshot(path=shots / f"{name}.png", full_page=True)
+    _seed_an_hour_of_runs(session_factory, uuid.UUID(created["taskId"]), account.user_id)
     page.set_viewport_size(DESKTOP)
     page.goto(f"{live_app}/dashboard/operations")
+    assert page.locator("svg rect.bar").count() > 10  # both charts drawn, on the server
     page.screenshot(path=shots / "operations.png", full_page=True)
+    page.set_viewport_size(PHONE)
+    page.reload()
+    assert _no_horizontal_scroll(page)
+    page.screenshot(path=shots / "phone-operations-charts.png", full_page=True)
+    page.set_viewport_size(DESKTOP)
 
     page.goto(f"{live_app}/dashboard/account")
     page.screenshot(path=shots / "account.png", full_page=True)
