@@ -12,6 +12,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
+from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -20,9 +21,11 @@ from app.clock import SYSTEM_CLOCK
 from app.db import make_engine, make_session_factory
 from app.metrics_sharing import MetricsPublisher
 from app.providers import deadline_http, make_provider
+from app.providers.ratelimit import track_call
 from app.services.dead_workers import record_broker_heartbeat
 from app.services.execution import RunEnvironment
 from app.services.leases import LeaseKeeper
+from app.services.run_deltas import DeltaPublisher
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ def run_environment(threads: int | None = None) -> RunEnvironment:
                     session_factory=session_factory,
                     provider=make_provider(_settings),
                     settings=_settings,
+                    before_call=[track_call],  # a step's waitedMs (app.providers.ratelimit)
                     leases=LeaseKeeper(
                         session_factory,
                         SYSTEM_CLOCK,
@@ -70,6 +74,7 @@ def run_environment(threads: int | None = None) -> RunEnvironment:
                         heartbeat_s=_settings.run_heartbeat_s,
                         on_beat=_broker_heartbeat,
                     ),
+                    deltas=DeltaPublisher(Redis.from_url(_settings.broker_url)),
                 )
     return _environment
 

@@ -78,6 +78,23 @@ class ProviderError(RunFailure):
     code = "provider_error"
 
 
+class ProviderRateLimited(ProviderError):
+    """The provider answered 429: wait `retry_after_s` (None: it did not say) and call again;
+    `error_code` is the provider's (`insufficient_quota` means waiting will not help)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None, error_code: str | None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.error_code = error_code
+
+
+class ProviderQuota(RunFailure):
+    """The provider account is out of quota (`insufficient_quota`): no retry helps."""
+
+    code = "provider_quota"
+    retryable = False
+
+
 class RunTimeout(RunFailure):
     code = "timeout"
 

@@ -44,6 +44,21 @@ TOKENS = Counter(
     registry=REGISTRY,
 )
 
+PROVIDER_429S = Counter(
+    "agentsched_provider_rate_limited",
+    "429 answers received from the model provider, by its error code (insufficient_quota fails "
+    "the run; anything else is waited out).",
+    ("code",),
+    registry=REGISTRY,
+)
+PROVIDER_BUDGET_WAIT = Counter(
+    "agentsched_provider_wait_seconds",
+    "Seconds model calls waited before calling, for the shared LLM_RPM/LLM_TPM budget (budget) "
+    "or as a 429 asked (429).",
+    ("reason",),
+    registry=REGISTRY,
+)
+
 # -- histograms
 
 RUN_DURATION = Histogram(

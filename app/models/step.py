@@ -44,6 +44,8 @@ class RunStep(Base):
     #: The server reported no usage; the tokens are an estimate (app.providers.base).
     usage_estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     latency_ms: Mapped[int | None] = mapped_column(Integer)
+    #: Time the call waited before it was made (provider budget, a 429's wait); not in latency_ms.
+    waited_ms: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     output: Mapped[str | None] = mapped_column(Text)

@@ -21,6 +21,7 @@ def make_provider(settings: Settings) -> ModelProvider:
             base_url=settings.provider_base_url,
             api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
             default_model=settings.llm_model,
+            stream=settings.llm_stream,
         )
         logger.info(
             "model provider: openai-compatible at %s, model %s",
@@ -35,4 +36,10 @@ def make_provider(settings: Settings) -> ModelProvider:
             "model provider: offline (deterministic, no network; "
             "set LLM_API_KEY or LLM_BASE_URL for a real model)"
         )
-    return provider
+    from app.providers.ratelimit import rate_limited
+
+    if settings.llm_rpm or settings.llm_tpm:
+        logger.info(
+            "provider budget: LLM_RPM=%s LLM_TPM=%s, shared through Redis", settings.llm_rpm, settings.llm_tpm
+        )
+    return rate_limited(provider, rpm=settings.llm_rpm, tpm=settings.llm_tpm, redis_url=settings.broker_url)

@@ -21,8 +21,15 @@ from types import TracebackType
 
 import httpx
 
-from app.errors import ProviderError, RunTimeout
-from app.providers.base import ChatMessage, Completion, DeltaCallback
+from app.errors import ProviderError, ProviderRateLimited, RunTimeout
+from app.providers.base import (
+    CHARS_PER_ESTIMATED_TOKEN,
+    ChatMessage,
+    Completion,
+    DeltaCallback,
+    estimate_tokens,
+)
+from app.providers.chat_stream import read_chat_stream
 from app.providers.deadline_http import (
     DEADLINE_MESSAGE,
     EXCERPT_CHARS,
@@ -31,6 +38,7 @@ from app.providers.deadline_http import (
     DeadlineTransport,
     call_deadline,
 )
+from app.providers.rate_headers import provider_error_code, rate_limit_wait_s
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +65,11 @@ def _token_count(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+def _is_event_stream(response: httpx.Response) -> bool:
+    content_type = str(response.headers.get("content-type", ""))
+    return content_type.split(";")[0].strip().lower() == "text/event-stream"
+
+
 def _content_text(content: object) -> str | None:
     """`message.content` as text: a string, null, or (some servers) a list of text parts."""
     if content is None:
@@ -75,9 +88,13 @@ class OpenAIProvider:
 
     name = "openai"
 
-    def __init__(self, *, base_url: str, api_key: str | None, default_model: str) -> None:
+    def __init__(
+        self, *, base_url: str, api_key: str | None, default_model: str, stream: bool = True
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.default_model = default_model
+        #: Ask for `stream: true` answers (LLM_STREAM); a server may still answer plain JSON.
+        self.stream = stream
         self._url = httpx.URL(f"{self.base_url}/chat/completions")
         headers = {"Accept": "application/json"}
         if api_key:
@@ -109,6 +126,9 @@ class OpenAIProvider:
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "max_tokens": max_tokens,
         }
+        if self.stream:
+            payload["stream"] = True
+            payload["stream_options"] = {"include_usage": True}
         request = self._client.build_request(
             "POST", self._url, json=payload, timeout=httpx.Timeout(timeout_s)
         )
@@ -116,6 +136,11 @@ class OpenAIProvider:
             with call_deadline(deadline):
                 response = self._client.send(request, stream=True)
                 try:
+                    if response.is_success and _is_event_stream(response):
+                        streamed = read_chat_stream(response.iter_lines(), on_delta, MAX_RESPONSE_BYTES)
+                        return self._completion(
+                            streamed.text, streamed.usage, streamed.model, chosen, messages
+                        )
                     body = self._read_body(response)
                 finally:
                     response.close()
@@ -156,6 +181,12 @@ class OpenAIProvider:
         retry_after = response.headers.get("retry-after")
         if retry_after:
             message += f" (retry-after: {retry_after[:40]})"
+        if status == 429:  # waited out by app.providers.ratelimit, never a run retry
+            return ProviderRateLimited(
+                message,
+                retry_after_s=rate_limit_wait_s(response.headers),
+                error_code=provider_error_code(body),
+            )
         error = ProviderError(message)
         if status not in RETRYABLE_STATUSES and status < 500:
             error.retryable = False
@@ -177,24 +208,47 @@ class OpenAIProvider:
                 f"model provider answered HTTP 200 without choices[0].message.content: {_excerpt(body)}"
             )
         usage = data.get("usage")
-        usage = usage if isinstance(usage, dict) else {}
+        answered_by = data.get("model")
+        return self._completion(
+            text,
+            usage if isinstance(usage, dict) else None,
+            answered_by if isinstance(answered_by, str) else None,
+            chosen,
+            messages,
+        )
+
+    def _completion(
+        self,
+        text: str,
+        usage: dict[str, object] | None,
+        answered_by: str | None,
+        chosen: str,
+        messages: Sequence[ChatMessage],
+    ) -> Completion:
+        """The answer with its tokens as reported; estimated (and said so) when not reported."""
+        usage = usage or {}
         prompt_tokens = _token_count(usage.get("prompt_tokens"))
         completion_tokens = _token_count(usage.get("completion_tokens"))
-        if prompt_tokens is None or completion_tokens is None:
+        details = usage.get("prompt_tokens_details")
+        cached = _token_count(details.get("cached_tokens")) if isinstance(details, dict) else None
+        estimated = prompt_tokens is None or completion_tokens is None
+        if estimated:
             logger.debug(
-                "model provider at %s reported no token usage; estimating 4 characters a token",
+                "model provider at %s reported no token usage; estimating %d characters a token",
                 self.base_url,
+                CHARS_PER_ESTIMATED_TOKEN,
             )
-            if prompt_tokens is None:
-                prompt_tokens = sum(len(m.content) for m in messages) // 4
-            if completion_tokens is None:
-                completion_tokens = len(text) // 4
-        answered_by = data.get("model")
+        prompt = (
+            estimate_tokens("".join(m.content for m in messages)) if prompt_tokens is None else prompt_tokens
+        )
+        completion = estimate_tokens(text) if completion_tokens is None else completion_tokens
         return Completion(
             text=text,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            model=answered_by if isinstance(answered_by, str) and answered_by else chosen,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            model=answered_by or chosen,
+            cached_tokens=min(cached or 0, prompt),
+            usage_estimated=estimated,
         )
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select, text
@@ -85,7 +85,7 @@ _END = text(
            SET status = :status, model = COALESCE(:model, s.model),
                prompt_tokens = :prompt_tokens, completion_tokens = :completion_tokens,
                cached_tokens = :cached_tokens, usage_estimated = :usage_estimated,
-               latency_ms = :latency_ms, finished_at = :now, output = :output,
+               latency_ms = :latency_ms, waited_ms = :waited_ms, finished_at = :now, output = :output,
                error = CAST(:error AS jsonb), seq = run.event_seq
           FROM run
          WHERE s.run_id = run.id AND s.index = :index AND s.attempt = :attempt
@@ -107,9 +107,17 @@ class PostgresJournal:
     """The steps of one attempt of one run; see the module docstring."""
 
     def __init__(
-        self, session_factory: sessionmaker[Session], run_id: uuid.UUID, attempt: int, clock: Clock
+        self,
+        session_factory: sessionmaker[Session],
+        run_id: uuid.UUID,
+        attempt: int,
+        clock: Clock,
+        *,
+        before_end: Callable[[], None] | None = None,
     ) -> None:
         self.session_factory = session_factory
+        #: Called as a step ends, before its end is written (the live deltas are flushed first).
+        self.before_end = before_end
         self.run_id = run_id
         self.attempt = attempt
         self.clock = clock
@@ -162,6 +170,8 @@ class PostgresJournal:
         error: dict[str, str] | None = None,
     ) -> None:
         prompt_tokens, completion_tokens, cached_tokens = tokens
+        if self.before_end is not None:
+            self.before_end()
         self._write(
             _END,
             {
@@ -172,7 +182,9 @@ class PostgresJournal:
                 "completion_tokens": completion_tokens,
                 "cached_tokens": min(cached_tokens, prompt_tokens),
                 "usage_estimated": usage_estimated,
-                "latency_ms": latency_ms,
+                # the wait before the call (app.providers.ratelimit) is not the model's latency
+                "latency_ms": max(0, latency_ms - call.waited_ms),
+                "waited_ms": call.waited_ms,
                 "output": output,
                 "error": json.dumps(error) if error is not None else None,
             },

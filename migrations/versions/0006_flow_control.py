@@ -78,6 +78,9 @@ def upgrade() -> None:
     op.execute(_COUNT_FUNCTION)
     for statement in _TRIGGERS:
         op.execute(statement)
+    op.add_column(
+        "run_steps", sa.Column("waited_ms", sa.Integer(), server_default=sa.text("0"), nullable=False)
+    )
     op.create_table(
         "idempotency_keys",
         sa.Column("user_id", sa.Uuid(), nullable=False),
@@ -99,6 +102,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_idempotency_keys_expires_at", table_name="idempotency_keys")
     op.drop_table("idempotency_keys")
+    op.drop_column("run_steps", "waited_ms")
     for name in ("task_runs_running_insert", "task_runs_running_update", "task_runs_running_delete"):
         op.execute(f"DROP TRIGGER IF EXISTS {name} ON task_runs")
     op.execute("DROP FUNCTION IF EXISTS agentsched_count_running_runs()")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import dramatiq
 import pytest
@@ -46,9 +47,15 @@ def start_worker(session_factory: sessionmaker[Session], settings: Settings) -> 
         threads: int = 4,
         provider: ModelProvider | None = None,
         run_settings: Settings | None = None,
+        before_call: list[Any] | None = None,
     ) -> dramatiq.Worker:
         worker_module.set_run_environment(
-            RunEnvironment(session_factory, provider or OfflineProvider(), run_settings or settings)
+            RunEnvironment(
+                session_factory,
+                provider or OfflineProvider(),
+                run_settings or settings,
+                before_call=before_call or [],
+            )
         )
         worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
         worker.start()

@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from tests.support.stream_stub import StreamBehaviour, send_stream
+
 CHAT_PATH = "/v1/chat/completions"
 PLAN_ANSWER = '["step one", "step two"]'
 _STOP_JOIN_S = 2.0
@@ -66,8 +68,15 @@ class OpenAIStub:
         self._always_status = 500
         self._delay_s = 0.0
         self._plan_answer = PLAN_ANSWER
+        self._cached_tokens = 0
+        #: How `stream: true` requests are answered (tests.support.stream_stub).
+        self.streaming = StreamBehaviour()
         #: (substring of the last user message, failures left, status) from `fail_matching`
         self._matching_failures: list[list[Any]] = []
+        #: (headers, error code) of the next 429 answers, from `rate_limit_times`
+        self._rate_limits: list[tuple[dict[str, str], str]] = []
+        #: `answer_together`: [requests wanted at once, requests held so far, release, timeout_s]
+        self._together: list[Any] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -122,7 +131,12 @@ class OpenAIStub:
     # --- behaviour ------------------------------------------------------------------------
 
     def reply_with(
-        self, text: str | None = None, *, prompt_tokens: int = 11, completion_tokens: int = 7
+        self,
+        text: str | None = None,
+        *,
+        prompt_tokens: int = 11,
+        completion_tokens: int = 7,
+        cached_tokens: int = 0,
     ) -> None:
         """Normal answers: `text`, or (None) a deterministic answer derived from the request.
 
@@ -134,6 +148,7 @@ class OpenAIStub:
             self._text = text
             self._prompt_tokens = prompt_tokens
             self._completion_tokens = completion_tokens
+            self._cached_tokens = cached_tokens
 
     def reply_raw(
         self, body: str | bytes, *, status: int = 200, content_type: str = "application/json"
@@ -162,6 +177,13 @@ class OpenAIStub:
         with self._lock:
             self._matching_failures.append([text, times, status])
 
+    def rate_limit_times(
+        self, n: int, headers: dict[str, str] | None = None, code: str = "rate_limit_exceeded"
+    ) -> None:
+        """The next `n` requests get 429 with these headers and this error code, then the rest."""
+        with self._lock:
+            self._rate_limits.extend([(dict(headers or {}), code)] * n)
+
     def always_fail(self, status: int = 500) -> None:
         with self._lock:
             self._mode = "always_fail"
@@ -176,6 +198,28 @@ class OpenAIStub:
         """Wait this long before answering each later request (0 for no delay)."""
         with self._lock:
             self._delay_s = max(0.0, seconds)
+
+    def answer_together(self, n: int, timeout_s: float = 30.0) -> None:
+        """Hold each later request until `n` of them are held at once, then answer them all.
+
+        Shows that a client has `n` calls in flight together, whatever the machine's load: a
+        request still held after `timeout_s` is answered 504, so a client that cannot get `n`
+        requests out at once fails instead of hanging.
+        """
+        with self._lock:
+            self._together = [n, 0, threading.Event(), timeout_s]
+
+    def _wait_for_the_others(self) -> bool:
+        """For `answer_together`: False when the others did not come in time."""
+        with self._lock:
+            together = self._together
+            if together is None:
+                return True
+            together[1] += 1
+            if together[1] >= together[0]:
+                together[2].set()
+        released: bool = together[2].wait(together[3])
+        return released
 
     # --- serving --------------------------------------------------------------------------
 
@@ -223,7 +267,12 @@ class OpenAIStub:
                 failure = matched
             text, raw_answer = self._text, self._raw
             tokens = (self._prompt_tokens, self._completion_tokens)
+            cached = self._cached_tokens
+            limited = self._rate_limits.pop(0) if self._rate_limits and mode != "hang" else None
 
+        if not self._wait_for_the_others():
+            _send_error(handler, 504, "answer_together: the other requests did not arrive")
+            return
         if mode == "hang" or (delay_s > 0 and self._stopping.wait(delay_s)):
             self._stopping.wait()
             handler.close_connection = True
@@ -232,6 +281,10 @@ class OpenAIStub:
             _send_error(handler, 404, f"unknown path {handler.path}")
         elif body is None:
             _send_error(handler, 400, "the request body is not a JSON object")
+        elif limited is not None:
+            headers, code = limited
+            error = {"message": f"stub rate limit ({code})", "type": "requests", "param": None, "code": code}
+            _send(handler, 429, json.dumps({"error": error}).encode(), headers=headers)
         elif failure is not None:
             _send_error(handler, failure, f"stub failure (HTTP {failure})")
         elif mode == "raw":
@@ -239,7 +292,10 @@ class OpenAIStub:
             _send(handler, status, payload, content_type)
         else:
             answer = text if text is not None else _deterministic_answer(body, self._plan_answer)
-            _send(handler, 200, json.dumps(_completion(body, answer, *tokens)).encode())
+            if body.get("stream") is True:
+                send_stream(handler, body, answer, (*tokens, cached), self.streaming)
+            else:
+                _send(handler, 200, json.dumps(_completion(body, answer, *tokens, cached)).encode())
 
 
 class _Server(ThreadingHTTPServer):
@@ -293,9 +349,12 @@ def _send(
     status: int,
     payload: bytes,
     content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
 ) -> None:
     handler.send_response(status)
     handler.send_header("Content-Type", content_type)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
     handler.send_header("Content-Length", str(len(payload)))
     handler.end_headers()
     handler.wfile.write(payload)
@@ -326,7 +385,7 @@ def _deterministic_answer(body: dict[str, Any], plan_answer: str = PLAN_ANSWER) 
 
 
 def _completion(
-    body: dict[str, Any], text: str, prompt_tokens: int, completion_tokens: int
+    body: dict[str, Any], text: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
 ) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-stub-{time.monotonic_ns()}",
@@ -344,5 +403,6 @@ def _completion(
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            **({"prompt_tokens_details": {"cached_tokens": cached_tokens}} if cached_tokens else {}),
         },
     }
