@@ -161,6 +161,10 @@ def test_sigterm_to_the_process_group_lets_steps_finish_within_the_grace_then_ha
 
         second = spawn("worker-2", "-m", "dramatiq", "actors", "--processes", "1", "--threads", "2", env=env)
         stub.delay(0)
+        # From worker 2's boot (its start-up on a busy machine is not what this measures).
+        wait_until(
+            lambda: "worker starting" in second.log(), timeout_s=60, what="worker 2 boot", logs=second.log
+        )
         handed_back_at = time.monotonic()
         wait_until(
             lambda: all(run.status == "completed" for run in _runs(session_factory, run_ids)),

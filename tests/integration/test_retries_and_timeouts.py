@@ -112,4 +112,6 @@ def test_a_hanging_model_call_is_cut_off_by_the_runs_timeout(
     assert run.started_at is not None
     assert run.finished_at is not None
     elapsed = (run.finished_at - run.started_at).total_seconds()
-    assert 1.4 <= elapsed <= 3.0, elapsed
+    # At the 1.5 s timeout, never before; the slack is a busy machine's (a hang never ends
+    # by itself, and a lost worker would fail with "worker_lost", not "timeout").
+    assert 1.4 <= elapsed <= 1.5 + 4.0, elapsed

@@ -24,6 +24,10 @@ def stub() -> Iterator[OpenAIStub]:
         yield running
 
 
+#: Added to an expected duration: what 8 test runs at once on 2 cores may cost a thread in wake-ups.
+BUSY_MACHINE_SLACK_S = 2.0
+
+
 def make_provider(base_url: str, api_key: str | None = None) -> OpenAIProvider:
     return OpenAIProvider(base_url=base_url, api_key=api_key, default_model="default-model")
 
@@ -116,19 +120,17 @@ def test_connections_are_kept_alive_between_calls(stub: OpenAIStub, provider: Op
 def test_concurrent_calls_share_one_client(stub: OpenAIStub, provider: OpenAIProvider) -> None:
     """Hundreds of calls in flight at once, on one provider: none waits for another.
 
-    More than httpx's default pool (100) allows; and enough that one httpcore pool, whose
-    bookkeeping is quadratic in its connections, would take several times the 0.5 s.
+    More than httpx's default pool (100) allows. The stub answers only once every call of the
+    burst is in flight together, so this holds however busy the machine is, with no clock: a
+    client that queued calls behind others would get 504s (after a minute) instead.
     """
-    stub.delay(0.5)
     calls = 300
     with ThreadPoolExecutor(max_workers=calls) as pool:
         for _ in range(2):  # the second round reuses the kept-alive connections
-            started = time.monotonic()
-            results = list(pool.map(lambda _: complete(provider, timeout_s=10), range(calls)))
-            elapsed = time.monotonic() - started
+            stub.answer_together(calls, timeout_s=60)
+            results = list(pool.map(lambda _: complete(provider, timeout_s=90), range(calls)))
 
             assert len(results) == calls
-            assert elapsed < 1.6, f"{calls} calls of 0.5 s took {elapsed:.2f} s"
 
     assert len(stub.requests) == 2 * calls
     assert stub.connections_accepted <= calls
@@ -223,7 +225,8 @@ def test_a_hanging_server_times_out_at_the_deadline(stub: OpenAIStub, provider: 
         complete(provider, timeout_s=0.5)
     elapsed = time.monotonic() - started
 
-    assert 0.45 <= elapsed < 1.5
+    # Early is impossible; late allows for a busy machine (without the deadline: never ends).
+    assert 0.45 <= elapsed < 0.5 + BUSY_MACHINE_SLACK_S
     assert len(stub.requests) == 1
 
 
@@ -285,7 +288,7 @@ def test_a_trickling_server_cannot_stretch_the_deadline(in_body: bool) -> None:
             complete(provider, timeout_s=0.5)
         elapsed = time.monotonic() - started
 
-    assert 0.45 <= elapsed < 1.0
+    assert 0.45 <= elapsed < 0.5 + BUSY_MACHINE_SLACK_S  # a trickle stretches reads forever
 
 
 def test_the_stub_stops_quickly_while_a_request_hangs() -> None:
@@ -309,7 +312,8 @@ def test_the_stub_stops_quickly_while_a_request_hangs() -> None:
 
     started = time.monotonic()
     stub.stop()
-    assert time.monotonic() - started < 1.0
+    # Waiting for the hanging handler would take the stub's 2 s join; the rest is quick.
+    assert time.monotonic() - started < 1.9
 
     caller.join(6)
     assert not caller.is_alive()
