@@ -53,6 +53,12 @@ class RunView(TypedDict):
     startedAt: IsoTime | None
     finishedAt: IsoTime | None
     tokensUsed: int
+    #: The token kinds as the provider reported them (cached tokens are part of promptTokens).
+    promptTokens: int
+    completionTokens: int
+    cachedTokens: int
+    #: Steps completed (GET /api/runs/{id}/steps lists them).
+    steps: int
     creditsUsed: int
     tokensOverBudget: NotRequired[int]
     result: str | None
@@ -73,6 +79,9 @@ class TaskView(TypedDict):
     nextRunAt: IsoTime | None
     lastRunAt: IsoTime | None
     tokensUsed: int
+    promptTokens: int
+    completionTokens: int
+    cachedTokens: int
     creditsUsed: int
     result: str | None
     error: ErrorDetail | None

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import metrics
 from app.agents.registry import AGENT_TYPES, get_agent
 from app.agents.runtime import AgentRun, Deadline
-from app.agents.steps import AttemptHandedBack, AttemptLost, BeforeCall, ModelCall
+from app.agents.steps import AttemptHandedBack, AttemptLost, BeforeCall
 from app.clock import SYSTEM_CLOCK, Clock
 from app.errors import InsufficientCredits, RunFailure, UnknownAgent
 from app.models import TaskRun
@@ -31,6 +31,7 @@ from app.services import credits
 from app.services.dispatch import Dispatch
 from app.services.leases import LeaseKeeper, hand_back
 from app.services.retry import backoff_ms
+from app.services.run_deltas import DeltaPublisher
 from app.services.run_steps import PostgresJournal
 from app.services.runs import ClaimedRun, Outcome, claim_run, finish, retry_later
 from app.settings import Settings
@@ -55,8 +56,8 @@ class RunEnvironment:
     leases: LeaseKeeper = field(default=None)  # type: ignore[assignment]
     #: Checks made before every model call, in order (budget, provider rate limits, ...).
     before_call: list[BeforeCall] = field(default_factory=list)
-    #: Receives the live pieces of each streamed answer (app.services.run_deltas); None: dropped.
-    on_delta: Callable[[uuid.UUID, PostgresJournal, ModelCall, str], None] | None = None
+    #: Receives the live pieces of each streamed answer (Redis); None: they are dropped.
+    deltas: DeltaPublisher | None = None
 
     def __post_init__(self) -> None:
         if self.leases is None:
@@ -85,6 +86,9 @@ def execute_run(env: RunEnvironment, run_id: uuid.UUID) -> Dispatch | None:
             return None  # a newer attempt owns the run; this one writes nothing more
         except AttemptHandedBack:
             return _hand_back(env, claimed)
+        finally:
+            if env.deltas is not None:
+                env.deltas.end_attempt(claimed.run_id)
     attempt_s = time.perf_counter() - started_s
     for pause_s in (*RECORD_RETRY_PAUSES_S, None):
         try:
@@ -200,8 +204,14 @@ def _hand_back(env: RunEnvironment, claimed: ClaimedRun) -> Dispatch | None:
 
 
 def _attempt(env: RunEnvironment, claimed: ClaimedRun) -> Outcome:
-    journal = PostgresJournal(env.session_factory, claimed.run_id, claimed.attempt, env.clock)
-    on_delta = env.on_delta
+    deltas = env.deltas
+    journal = PostgresJournal(
+        env.session_factory,
+        claimed.run_id,
+        claimed.attempt,
+        env.clock,
+        before_end=(lambda: deltas.flush(claimed.run_id)) if deltas is not None else None,
+    )
     agent_run = AgentRun(
         get_agent(claimed.agent_type),
         claimed.goal,
@@ -220,8 +230,12 @@ def _attempt(env: RunEnvironment, claimed: ClaimedRun) -> Outcome:
         journal=journal,
         before_call=env.before_call,
         on_delta=(
-            (lambda call, piece: on_delta(claimed.run_id, journal, call, piece))
-            if on_delta is not None
+            (
+                lambda call, piece: deltas.publish(
+                    claimed.run_id, journal.start_seqs.get(call.index), call, piece
+                )
+            )
+            if deltas is not None
             else None
         ),
         log_prefix=f"run {claimed.run_id}: ",

@@ -59,6 +59,8 @@ def test_success_returns_text_usage_and_sends_the_request(stub: OpenAIStub, prov
                 {"role": "user", "content": "Say hello to the tests"},
             ],
             "max_tokens": 64,
+            "stream": True,
+            "stream_options": {"include_usage": True},
         }
     ]
     assert stub.request_headers[0]["content-type"] == "application/json"
@@ -96,7 +98,8 @@ def test_missing_usage_is_estimated_from_text_length(stub: OpenAIStub, provider:
     result = complete(provider)
 
     prompt_chars = sum(len(m.content) for m in MESSAGES)
-    assert (result.prompt_tokens, result.completion_tokens) == (prompt_chars // 4, 10 // 4)
+    assert (result.prompt_tokens, result.completion_tokens) == (-(-prompt_chars // 4), 3)  # rounded up
+    assert result.usage_estimated
     assert result.model == "m"
 
 
@@ -319,3 +322,59 @@ def test_the_stub_stops_quickly_while_a_request_hangs() -> None:
     assert not caller.is_alive()
     # the stub drops the connection: the caller learns at once, not at its deadline
     assert [type(exc) for exc in outcome] == [ProviderError]
+
+
+def test_a_streamed_answer_arrives_piece_by_piece_with_its_usage_and_cached_tokens(
+    stub: OpenAIStub, provider: OpenAIProvider
+) -> None:
+    stub.reply_with("one two three four", prompt_tokens=40, completion_tokens=4, cached_tokens=32)
+    pieces: list[str] = []
+    result = provider.complete(MESSAGES, model="m", max_tokens=64, timeout_s=5, on_delta=pieces.append)
+    assert pieces == ["one ", "two ", "three ", "four"]
+    assert result == Completion(
+        text="one two three four", prompt_tokens=40, completion_tokens=4, model="m", cached_tokens=32
+    )
+    assert result.total_tokens == 44  # cached tokens are part of the prompt tokens, not extra
+
+
+def test_a_stream_without_a_usage_chunk_is_estimated_and_says_so(
+    stub: OpenAIStub, provider: OpenAIProvider
+) -> None:
+    stub.reply_with("abcdefghij klm")
+    stub.streaming.usage = False  # older vLLM, Ollama, llama.cpp
+    result = complete(provider)
+    assert result.text == "abcdefghij klm"
+    assert result.usage_estimated
+    assert result.completion_tokens == 4  # 14 characters, 4 a token, rounded up
+    assert result.prompt_tokens == -(-sum(len(m.content) for m in MESSAGES) // 4)
+    assert result.cached_tokens == 0
+
+
+def test_a_stream_cut_mid_answer_fails_retryably(stub: OpenAIStub, provider: OpenAIProvider) -> None:
+    stub.reply_with("one two three four five")
+    stub.streaming.cut_after, stub.streaming.cuts = 2, 1
+    pieces: list[str] = []
+    with pytest.raises(ProviderError) as raised:
+        provider.complete(MESSAGES, model="m", max_tokens=64, timeout_s=5, on_delta=pieces.append)
+    assert raised.value.retryable
+    assert pieces == ["one ", "two "]
+    assert complete(provider).text == "one two three four five"  # the next call is whole
+
+
+def test_a_slow_stream_is_still_cut_at_the_deadline(stub: OpenAIStub, provider: OpenAIProvider) -> None:
+    stub.reply_with("a b c d e f g h i j")
+    stub.streaming.piece_delay_s = 0.3  # every piece arrives in time; the whole answer does not
+    started = time.monotonic()
+    with pytest.raises(RunTimeout):
+        complete(provider, timeout_s=1.0)
+    assert time.monotonic() - started < 1.0 + BUSY_MACHINE_SLACK_S
+
+
+def test_streaming_can_be_turned_off(stub: OpenAIStub) -> None:
+    stub.reply_with("plain", prompt_tokens=5, completion_tokens=1, cached_tokens=2)
+    with OpenAIProvider(base_url=stub.base_url, api_key=None, default_model="m", stream=False) as plain:
+        pieces: list[str] = []
+        result = plain.complete(MESSAGES, model=None, max_tokens=8, timeout_s=5, on_delta=pieces.append)
+    assert "stream" not in stub.requests[0]
+    assert pieces == []
+    assert (result.text, result.prompt_tokens, result.cached_tokens) == ("plain", 5, 2)

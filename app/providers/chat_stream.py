@@ -1,0 +1,88 @@
+"""Reading a streamed Chat Completions answer (`stream: true`): server-sent events, one chunk each.
+
+Each `data:` line holds a `chat.completion.chunk`; the answer is the concatenation of
+`choices[0].delta.content`; with `stream_options: {include_usage: true}` the last chunk (with
+empty `choices`) carries `usage`; `data: [DONE]` ends the stream. Every read is bounded by the
+call's deadline (the transport's network backend), so a server that trickles chunks cannot
+hold a call past it. A stream that stops before `[DONE]` (or a finish reason) is cut: the call
+fails, retryably, and the step is redone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import ProviderError
+from app.providers.base import DeltaCallback
+
+
+@dataclass
+class StreamedAnswer:
+    text: str = ""
+    usage: dict[str, Any] | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+    done: bool = False
+    pieces: list[str] = field(default_factory=list)
+
+
+def read_chat_stream(lines: Iterator[str], on_delta: DeltaCallback | None, max_chars: int) -> StreamedAnswer:
+    """The answer of an event stream, calling `on_delta` with each piece as it arrives."""
+    answer = StreamedAnswer()
+    size = 0
+    for line in lines:
+        if not line.startswith("data:"):
+            continue  # comments (": keep-alive"), `event:` and `id:` lines, blank separators
+        data = line[5:].strip()
+        if data == "[DONE]":
+            answer.done = True  # read on to the body's end, so the connection can be reused
+            continue
+        if answer.done:
+            continue
+        chunk = _json(data)
+        piece = _apply(answer, chunk)
+        if piece:
+            size += len(piece)
+            if size > max_chars:
+                raise ProviderError(f"model provider streamed an answer over {max_chars} characters")
+            answer.pieces.append(piece)
+            if on_delta is not None:
+                on_delta(piece)
+    answer.text = "".join(answer.pieces)
+    if not answer.done and answer.finish_reason is None:
+        raise ProviderError("the model provider's stream ended before the answer was complete")
+    return answer
+
+
+def _json(data: str) -> dict[str, Any]:
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise ProviderError(f"model provider streamed a chunk that is not JSON: {data[:200]}") from None
+    if not isinstance(chunk, dict):
+        raise ProviderError(f"model provider streamed a chunk that is not an object: {data[:200]}")
+    error = chunk.get("error")
+    if error is not None:  # some servers report a failure inside the stream
+        message = error.get("message") if isinstance(error, dict) else error
+        raise ProviderError(f"model provider failed mid-stream: {str(message)[:300]}")
+    return chunk
+
+
+def _apply(answer: StreamedAnswer, chunk: dict[str, Any]) -> str:
+    """Fold one chunk into the answer; the text piece it carries."""
+    if isinstance(chunk.get("model"), str) and chunk["model"]:
+        answer.model = chunk["model"]
+    if isinstance(chunk.get("usage"), dict):
+        answer.usage = chunk["usage"]
+    choices = chunk.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    if not isinstance(first, dict):
+        return ""
+    if isinstance(first.get("finish_reason"), str):
+        answer.finish_reason = first["finish_reason"]
+    delta = first.get("delta")
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return content if isinstance(content, str) else ""
