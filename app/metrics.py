@@ -172,7 +172,10 @@ def record_lateness(seconds: float) -> None:
 
 # -- webhooks (app.webhooks)
 
-WEBHOOK_DELIVERY_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400)
+WEBHOOK_DELIVERY_BUCKETS_S = (
+    *(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    *(1800, 3600, 21600, 86400),
+)
 
 WEBHOOK_ATTEMPTS = Counter(
     "agentsched_webhook_attempts",
