@@ -111,3 +111,6 @@ class TaskRun(Base):
     status_seq: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     result: Mapped[str | None] = mapped_column(Text)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    #: The error of each attempt that was retried, in order: [{attempt, error, at}] (migration 0008);
+    #: `error` holds the last one's (and the final attempt's).
+    attempt_errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)

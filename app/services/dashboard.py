@@ -154,8 +154,11 @@ def run_steps(session: Session, run_id: uuid.UUID) -> list[Any]:
 
 
 def attempts_of(run: TaskRun, steps: Sequence[Any]) -> list[Attempt]:
-    """One entry per attempt: its failed steps' errors, and the run's error on its last attempt."""
-    attempts = [Attempt(number, None) for number in range(1, max(run.attempts, 1) + 1)]
+    """One entry per attempt with its error: recorded when it was retried (`attempt_errors`),
+    else its failed steps', and the run's own error on its last attempt."""
+    if not run.attempts:
+        return []
+    attempts = [Attempt(number, None) for number in range(1, run.attempts + 1)]
     for step in steps:
         number = int(getattr(step, "attempt", 0) or 0)
         if 1 <= number <= len(attempts):
@@ -163,9 +166,13 @@ def attempts_of(run: TaskRun, steps: Sequence[Any]) -> list[Attempt]:
             error = getattr(step, "error", None)
             if error and attempts[number - 1].error is None:
                 attempts[number - 1].error = error if isinstance(error, dict) else {"message": str(error)}
-    if run.error and run.attempts:
+    for entry in getattr(run, "attempt_errors", None) or []:
+        number = int(entry.get("attempt") or 0)
+        if 1 <= number <= len(attempts) and entry.get("error"):
+            attempts[number - 1].error = entry["error"]
+    if run.error:
         attempts[-1].error = run.error
-    return attempts if run.attempts else []
+    return attempts
 
 
 @dataclass

@@ -175,6 +175,9 @@ _REQUEUE = text(
            SET status = 'queued', not_before = :not_before, lease_expires_at = NULL,
                message_sent_at = NULL, message_id = NULL,
                tokens_used = :tokens, error = CAST(:error AS jsonb),
+               attempt_errors = COALESCE(attempt_errors, '[]'::jsonb) || jsonb_build_array(
+                   jsonb_build_object('attempt', CAST(:attempt AS int), 'error', CAST(:error AS jsonb),
+                                     'at', CAST(:now AS timestamptz))),
                event_seq = event_seq + 1, status_seq = event_seq + 1
          WHERE id = :run_id AND status = 'running' AND attempts = :attempt
         RETURNING id, task_id

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0008"
 down_revision: str | None = "0007"
@@ -21,6 +22,10 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.add_column(
         "users", sa.Column("is_admin", sa.Boolean(), server_default=sa.text("false"), nullable=False)
+    )
+    # Each retried attempt's error, for the run page (the run's `error` keeps only the latest).
+    op.add_column(
+        "task_runs", sa.Column("attempt_errors", postgresql.JSONB(astext_type=sa.Text()), nullable=True)
     )
     op.create_table(
         "dashboard_sessions",
@@ -52,4 +57,5 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_dashboard_sessions_user_id"), table_name="dashboard_sessions")
     op.drop_index(op.f("ix_dashboard_sessions_api_key_id"), table_name="dashboard_sessions")
     op.drop_table("dashboard_sessions")
+    op.drop_column("task_runs", "attempt_errors")
     op.drop_column("users", "is_admin")

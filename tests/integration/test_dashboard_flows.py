@@ -277,3 +277,39 @@ def test_pages_make_the_same_number_of_queries_however_many_rows_they_show(clien
         )
     assert _count_queries(engine, lambda: client.get("/dashboard/tasks")) == few
     assert few <= 3
+
+
+def test_the_run_page_shows_each_attempts_error_and_the_steps_of_the_attempt_that_succeeded(
+    client, make_account, start_worker, session_factory
+):
+    from app.providers.openai import OpenAIProvider
+    from tests.integration.conftest import wait_for_runs
+    from tests.support.openai_stub import OpenAIStub
+
+    with OpenAIStub() as stub:
+        provider = OpenAIProvider(base_url=stub.base_url, api_key=None, default_model="stub-model")
+        start_worker(provider=provider)
+        stub.fail_times(2, status=503)
+        account = make_account()
+        body = client.post(
+            "/api/agent/execute",
+            json={
+                "goal": "Flaky provider",
+                "agentType": "research_agent",
+                "async": True,
+                "agentConfig": {"maxRetries": 3},
+            },
+            headers=account.headers,
+        ).json()
+        [run] = wait_for_runs(session_factory, [body["runId"]])
+        provider.close()
+    assert run.status == "completed"
+    assert run.attempts == 3
+    sign_in(client, account.key)
+    page = client.get(f"/dashboard/runs/{run.id}").text
+    attempts = re.findall(r"<li><strong>Attempt (\d)</strong>(.*?)</li>", page, re.S)
+    assert [number for number, _ in attempts] == ["1", "2", "3"]
+    assert "provider_error" in attempts[0][1]
+    assert "provider_error" in attempts[1][1]
+    assert "succeeded" in attempts[2][1]
+    assert page.count('class="step"') >= 3  # plan, steps, final
