@@ -61,6 +61,22 @@ class _QueueFigures(Collector):
         yield _gauge(
             "slots_missed_today", "Slots missed today (downtime) and not run.", slots.get("missed", 0)
         )
+        flow = self.stats.get("flowControl") or {}
+        yield _gauge(
+            "runs_waiting_for_slot",
+            "Queued runs waiting for one of their user's concurrency slots.",
+            flow.get("waitingForSlot", 0),
+        )
+        yield _gauge(
+            "calls_waiting_for_provider_budget",
+            "Model calls waiting now for the shared LLM_RPM/LLM_TPM budget or a 429's wait.",
+            flow.get("waitingForProviderBudget", 0),
+        )
+        yield _gauge(
+            "provider_rate_limited_today",
+            "429 answers received from the model provider today (UTC).",
+            flow.get("providerRateLimitedToday", 0),
+        )
 
 
 def _gauge(name: str, help_text: str, value: Any) -> GaugeMetricFamily:

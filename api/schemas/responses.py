@@ -2,9 +2,8 @@
 
 A view that gains a key must gain it here too (mypy says so); a key that is not always present
 is `NotRequired`. Statuses and priorities are documented as the enums of `app.models.enums`.
+(No `from __future__ import annotations` here: TypedDict sees `NotRequired` only when evaluated.)
 """
-
-from __future__ import annotations
 
 from typing import Annotated, Any, NotRequired, TypedDict
 
@@ -186,6 +185,8 @@ class QueueStats(TypedDict):
     orchestrator: Orchestrator
     lateness: NotRequired[dict[str, Any]]
     slots: NotRequired[dict[str, Any]]
+    #: Flow control: waitingForSlot, waitingForProviderBudget, providerRateLimitedToday.
+    flowControl: NotRequired[dict[str, int]]
 
 
 class Health(TypedDict):

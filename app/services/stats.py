@@ -198,6 +198,20 @@ def queue_stats(redis_client: Redis, session: Session, now: datetime) -> dict[st
             "skipped": sum(n for (_, status), n in today.items() if status == "skipped"),
             "missed": missed,
         },
+        "flowControl": flow_control_figures(redis_client, session, now),
+    }
+
+
+def flow_control_figures(redis_client: Redis, session: Session, now: datetime) -> dict[str, int]:
+    """Runs waiting for a user slot (parked in Postgres), model calls waiting for the provider
+    budget or a 429's wait (across workers, from Redis), and 429s received today (UTC)."""
+    from app.providers.ratelimit import rate_limited_today, waiting_for_budget
+    from app.services.concurrency import waiting_for_slot
+
+    return {
+        "waitingForSlot": waiting_for_slot(session),
+        "waitingForProviderBudget": waiting_for_budget(redis_client),
+        "providerRateLimitedToday": rate_limited_today(redis_client, now.astimezone(UTC).date().isoformat()),
     }
 
 
@@ -214,6 +228,11 @@ def format_status_block(stats: dict[str, Any]) -> str:
     orch = stats["orchestrator"]
     late = stats["lateness"]
     slots = stats["slots"]
+    flow = stats.get("flowControl") or {
+        "waitingForSlot": 0,
+        "waitingForProviderBudget": 0,
+        "providerRateLimitedToday": 0,
+    }
     running = f"yes (uptime {_duration(orch['uptimeSeconds'])})" if orch["running"] else "no"
     if late["samples"]:
         lateness = f"p50 {late['p50Ms']} ms, p99 {late['p99Ms']} ms ({late['samples']} runs)"
@@ -228,6 +247,9 @@ def format_status_block(stats: dict[str, Any]) -> str:
         f"  Failed today:     {orch['failedToday']}",
         f"  Lateness (1 h):   {lateness}",
         f"  Slots today:      {slots['skipped']} skipped (overlap), {slots['missed']} missed",
+        f"  Flow control:     {flow['waitingForSlot']} run(s) waiting for a user slot, "
+        f"{flow['waitingForProviderBudget']} call(s) waiting for the provider budget, "
+        f"{flow['providerRateLimitedToday']} provider 429(s) today",
         f"  {'queue':<8} {'waiting':>8} {'active':>8} {'completed':>10} {'failed':>8} {'delayed':>8}",
     ]
     rows = [*stats["queues"].items(), ("total", stats["totals"])]

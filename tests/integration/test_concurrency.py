@@ -225,3 +225,34 @@ def test_the_reconciler_releases_runs_a_raised_limit_lets_start(
     assert result.sent == 2
     runs = wait_for_runs(session_factory, run_ids, timeout_s=60)
     assert {run.status for run in runs} == {"completed"}
+
+
+def test_waiting_runs_and_429s_show_in_queue_stats_status_and_metrics(
+    client, make_account, start_worker, session_factory, redis_client, settings
+):
+    from app.providers.ratelimit import WaitBoard
+    from app.services.stats import format_status_block
+
+    account = make_account()
+    _set_limit(session_factory, account.user_id, 1)
+    provider = PacedProvider(gated_goal="held open")
+    start_worker(threads=2, provider=provider)
+    first = _run(client, account, goal="held open")
+    wait_for_runs(session_factory, [first], statuses=("running",))
+    waiting = [_run(client, account) for _ in range(3)]
+    WaitBoard(redis_client).count_429()
+    cron = {"Authorization": f"Bearer {settings.cron_secret.get_secret_value()}"}
+    flow = client.get("/api/queue/stats", headers=cron).json()["flowControl"]
+    assert flow == {"waitingForSlot": 3, "waitingForProviderBudget": 0, "providerRateLimitedToday": 1}
+    with session_factory() as session:
+        from app.clock import SYSTEM_CLOCK
+        from app.services.stats import queue_stats
+
+        block = format_status_block(queue_stats(redis_client, session, SYSTEM_CLOCK.now()))
+    assert "3 run(s) waiting for a user slot" in block
+    assert "1 provider 429(s) today" in block
+    metrics = client.get("/metrics").text
+    assert "agentsched_runs_waiting_for_slot 3.0" in metrics
+    assert "agentsched_provider_rate_limited_today 1.0" in metrics
+    provider.gate.set()
+    wait_for_runs(session_factory, [first, *waiting], timeout_s=60)

@@ -163,6 +163,11 @@ def test_queue_stats_count_redis_queues_and_todays_runs_per_priority(
     # percentile_cont over 100, 200, 300, 400, 1000 ms: the median and 400 + 0.96 * 600.
     assert stats["lateness"] == {"p50Ms": 300, "p99Ms": 976, "samples": 5}
     assert stats["slots"] == {"skipped": 2, "missed": 5}
+    assert stats["flowControl"] == {
+        "waitingForSlot": 0,
+        "waitingForProviderBudget": 0,
+        "providerRateLimitedToday": 0,
+    }
 
     block = format_status_block(stats)
     assert block.splitlines() == [
@@ -174,6 +179,8 @@ def test_queue_stats_count_redis_queues_and_todays_runs_per_priority(
         "  Failed today:     1",
         "  Lateness (1 h):   p50 300 ms, p99 976 ms (5 runs)",
         "  Slots today:      2 skipped (overlap), 5 missed",
+        "  Flow control:     0 run(s) waiting for a user slot, 0 call(s) waiting for the provider "
+        "budget, 0 provider 429(s) today",
         "  queue     waiting   active  completed   failed  delayed",
         "  urgent          2        0          0        0        1",
         "  high            0        0          3        0        0",
