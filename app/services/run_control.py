@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.errors import Conflict, NotFound
 from app.models import Task, TaskRun
 from app.models.enums import RunStatus
@@ -102,6 +103,7 @@ def cancel_run(
         task.credits_used += charge
         notify_finished(session, run.id)
         record_run_events(session, [run.id], "run.cancelled", now)  # its webhook, if subscribed
+        metrics.RUNS.labels("cancelled", task.agent_type).inc()
     session.flush()
     return run
 

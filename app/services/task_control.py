@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.cron import parse_schedule
 from app.errors import Conflict, InvalidInput
 from app.models import Task, TaskRun
@@ -114,6 +115,7 @@ def cancel_task(
         task.credits_used += charge
         notify_finished(session, run.id)
     record_run_events(session, [run.id for run in queued], "run.cancelled", now)
+    metrics.RUNS.labels("cancelled", task.agent_type).inc(len(queued))
     session.execute(
         text("UPDATE task_runs SET cancel_requested = true WHERE task_id = :task_id AND status = 'running'"),
         {"task_id": task.id},

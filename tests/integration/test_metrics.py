@@ -146,3 +146,21 @@ def test_gauges_follow_the_queues_and_the_scheduler_heartbeat(client, make_accou
     assert value(samples, "agentsched_queue_depth", priority="high") == 0
     assert 0 <= value(samples, "agentsched_scheduler_heartbeat_age_seconds") < 30
     assert value(samples, "agentsched_runs_waiting", queue="low") == 2  # the older figure stays
+
+
+def test_a_queued_run_cancelled_through_the_api_is_counted(client, make_account):
+    account = make_account()
+    _, before = scrape(client)
+    created = client.post(
+        "/api/agent/execute",
+        json={"goal": "Never mind", "agentType": "research_agent", "async": True},
+        headers=account.headers,
+    ).json()
+    cancelled = client.post(f"/api/tasks/{created['taskId']}/cancel", headers=account.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    _, after = scrape(client)
+    labels = {"status": "cancelled", "agent_type": "research_agent"}
+    assert (
+        value(after, "agentsched_runs_total", **labels) - value(before, "agentsched_runs_total", **labels)
+        == 1
+    )
