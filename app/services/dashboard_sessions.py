@@ -41,6 +41,7 @@ def sign_in(session: Session, api_key: str, now: datetime) -> tuple[str, SignedI
     )
     if key is None:
         raise NotAuthenticated("that API key is not valid (or has been revoked)")
+    purge_expired(session, now)  # sign-ins are rare: they also sweep sessions that have expired
     token = secrets.token_urlsafe(32)
     session.add(
         DashboardSession(

@@ -91,8 +91,15 @@ def _page(browser: Browser, viewport: dict[str, int] = DESKTOP) -> tuple[Any, Pa
     page = context.new_page()
     errors: list[str] = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("dialog", lambda dialog: dialog.accept())  # hx-confirm
+    dialogs: list[str] = []
+
+    def accept(dialog: Any) -> None:  # the confirmation of a cancel or a revocation
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
     page.errors = errors  # type: ignore[attr-defined]
+    page.dialogs = dialogs  # type: ignore[attr-defined]
     return context, page
 
 
@@ -206,6 +213,7 @@ def test_cancel_a_running_run_from_its_page(live_app, browser, make_account, sho
     page.locator("#run-status", has_text="running").wait_for(timeout=30_000)
     page.get_by_role("button", name="Cancel run").click()
     page.locator("#run-status", has_text="cancelled").wait_for(timeout=60_000)
+    assert any("Cancel this run" in message for message in page.dialogs)
     page.screenshot(path=shots / "run-cancelled.png", full_page=True)
     context.close()
 
@@ -257,6 +265,7 @@ def test_revoking_the_key_signs_out_and_pages_fit_a_phone(
     page.screenshot(path=shots / "account.png", full_page=True)
     page.get_by_role("button", name="Revoke key").first.click()
     page.wait_for_url("**/dashboard/sign-in?ended=revoked")
+    assert any("Revoke this key" in message for message in page.dialogs)
     assert page.get_by_text("Your session ended").is_visible()
     page.goto(f"{live_app}/dashboard/tasks")
     assert "/dashboard/sign-in" in page.url

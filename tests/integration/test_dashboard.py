@@ -272,3 +272,17 @@ def test_admins_are_made_with_the_cli(session_factory, capsys):
     assert admin("users", "admin", "--email", "dev@example.com") == 0
     with session_factory() as session:
         assert session.scalar(select(User.is_admin).where(User.email == "dev@example.com")) is True
+
+
+def test_an_expired_session_is_signed_out_and_swept_at_the_next_sign_in(
+    client, make_account, session_factory
+):
+    account = make_account()
+    sign_in(client, account.key)
+    with session_factory.begin() as session:
+        session.execute(update(DashboardSession).values(expires_at=text("now() - interval '1 minute'")))
+    assert client.get("/dashboard/tasks", follow_redirects=False).status_code == 303
+    sign_in(client, account.key)
+    with session_factory() as session:
+        assert len(session.scalars(select(DashboardSession)).all()) == 1
+    assert client.get("/dashboard/tasks").status_code == 200

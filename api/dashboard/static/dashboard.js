@@ -2,6 +2,7 @@
 // - times: shown in the browser's timezone, UTC kept on hover (the title attribute)
 // - the new-task form's timezone defaults to the browser's
 // - "select all" checkboxes for the operators' bulk actions
+// - confirmation before cancelling or revoking
 (function () {
   "use strict";
   var format = new Intl.DateTimeFormat(undefined, {
@@ -38,6 +39,13 @@
     for (var i = 0; i < members.length; i++) members[i].checked = box.checked;
   }
 
+  // A button with data-confirm asks before its form is sent (no inline handler: CSP).
+  function onSubmit(event) {
+    var button = event.submitter;
+    var question = button && button.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) event.preventDefault();
+  }
+
   function init(root) {
     localizeTimes(root);
     defaultTimezone(root);
@@ -46,4 +54,5 @@
   document.addEventListener("DOMContentLoaded", function () { init(document); });
   document.addEventListener("htmx:afterSettle", function (event) { init(event.target); });
   document.addEventListener("change", onSelectAll);
+  document.addEventListener("submit", onSubmit);
 })();
