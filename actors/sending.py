@@ -46,9 +46,12 @@ def send_dispatches(
     A message that fails to reach Redis is left unrecorded; the reconciler sends it later.
     """
     sent = send_messages(dispatches)
-    if sent:
+    # A dispatch that came with its message id has it recorded on its run already.
+    recorded = {d.run_id for d in dispatches if d.message_id is not None}
+    to_mark = [pair for pair in sent if pair[0] not in recorded]
+    if to_mark:
         with session_factory.begin() as session:
-            mark_sent(session, sent, clock.now())
+            mark_sent(session, to_mark, clock.now())
     return sent
 
 
@@ -73,6 +76,8 @@ def send_messages(dispatches: Sequence[Dispatch]) -> list[tuple[uuid.UUID, str]]
 
 def enqueue_runs(broker: Any, dispatches: Sequence[Dispatch]) -> list[tuple[uuid.UUID, str]]:
     """Put one message per dispatch on its priority queue; returns (run id, message id) pairs."""
+    if _can_script_enqueue(broker) and all(d.delay_ms <= 0 for d in dispatches):
+        return _script_enqueue(broker, dispatches, current_millis())
     messages = [_message(dispatch, current_millis()) for dispatch in dispatches]
     if not isinstance(broker, RedisBroker):  # another broker (e.g. a stub): one by one
         for message, dispatch in zip(messages, dispatches, strict=True):
@@ -129,6 +134,82 @@ def _pipeline_enqueue(
     if hooks:
         for message, delay in zip(messages, delays, strict=True):
             broker.emit_after("enqueue", message, delay)
+
+
+# What dispatch.lua's "enqueue" does (HSET into `<queue>.msgs`, RPUSH onto `<queue>`) for a
+# whole batch in one script call, the messages built in Redis from their ids: exactly the bytes
+# `Message.encode()` makes with the JSON encoder (`message_json` says which; a test compares).
+# KEYS: per queue, its list and its `.msgs` hash. ARGV: the timestamp (ms), then per queue its
+# name, actor name and count n, then n (message id, run id) pairs.
+_ENQUEUE_BATCH = """
+local ts = ARGV[1]
+local pos, k = 2, 1
+while pos <= #ARGV do
+    local queue_name, actor_name, n = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
+    pos = pos + 3
+    local queue_key, msgs_key = KEYS[k], KEYS[k + 1]
+    k = k + 2
+    local fields, ids = {}, {}
+    for i = 1, n do
+        local mid, run_id = ARGV[pos], ARGV[pos + 1]
+        pos = pos + 2
+        fields[#fields + 1] = mid
+        fields[#fields + 1] = '{"queue_name":"' .. queue_name .. '","actor_name":"' .. actor_name
+            .. '","args":["' .. run_id .. '"],"kwargs":{},"options":{"redis_message_id":"' .. mid
+            .. '"},"message_id":"' .. mid .. '","message_timestamp":' .. ts .. '}'
+        ids[i] = mid
+    end
+    for first = 1, n, 1000 do
+        local last = math.min(first + 999, n)
+        redis.call('HSET', msgs_key, unpack(fields, 2 * first - 1, 2 * last))
+        redis.call('RPUSH', queue_key, unpack(ids, first, last))
+    end
+end
+return 1
+"""
+
+
+def message_json(queue: str, actor: str, run_id: str, message_id: str, timestamp_ms: int) -> bytes:
+    """The bytes `_ENQUEUE_BATCH` stores for one message (for the test that compares them with
+    what Dramatiq's `Message.encode()` makes)."""
+    return (
+        f'{{"queue_name":"{queue}","actor_name":"{actor}","args":["{run_id}"],"kwargs":{{}},'
+        f'"options":{{"redis_message_id":"{message_id}"}},"message_id":"{message_id}",'
+        f'"message_timestamp":{timestamp_ms}}}'
+    ).encode()
+
+
+def _can_script_enqueue(broker: Any) -> bool:
+    from dramatiq.encoder import JSONEncoder
+
+    return (
+        isinstance(broker, RedisBroker)
+        and type(dramatiq.get_encoder()) is JSONEncoder
+        and not _has_enqueue_hooks(broker)
+    )
+
+
+def _script_enqueue(
+    broker: RedisBroker, dispatches: Sequence[Dispatch], now_ms: int
+) -> list[tuple[uuid.UUID, str]]:
+    """Undelayed messages of a batch in one script call; ids are plain strings (no JSON escaping
+    needed: run ids are UUIDs, message ids UUIDs or our own hex)."""
+    by_queue: dict[str, list[tuple[str, str]]] = {}
+    sent: list[tuple[uuid.UUID, str]] = []
+    for dispatch in dispatches:
+        message_id = dispatch.message_id or str(uuid.uuid4())
+        by_queue.setdefault(dispatch.priority, []).append((message_id, str(dispatch.run_id)))
+        sent.append((dispatch.run_id, message_id))
+    keys: list[str] = []
+    args: list[str | int] = [now_ms]
+    for priority, pairs in by_queue.items():
+        queue = queue_name(priority)
+        keys += [f"{broker.namespace}:{queue}", f"{broker.namespace}:{queue}.msgs"]
+        args += [queue, actor_name(priority), len(pairs)]
+        for message_id, run_id in pairs:
+            args += [message_id, run_id]
+    broker.client.eval(_ENQUEUE_BATCH, len(keys), *keys, *args)
+    return sent
 
 
 def _has_enqueue_hooks(broker: RedisBroker) -> bool:

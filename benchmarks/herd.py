@@ -9,6 +9,8 @@ starts when the scheduling pass starts (`app.services.scheduling.run_scheduling_
 product's sender `actors.sending.send_dispatches`) and stops when it returns; the script then
 checks that N runs exist, each with `message_sent_at`, and that N messages are in Redis.
 With --passes P, P passes race over the same tasks (threads, as several schedulers would).
+Then, in the same run, a same-resource baseline: one bulk INSERT of a run per task plus a
+pipelined enqueue of one Dramatiq message per run, nothing else (skip with --no-baseline).
 
 Everything here uses the benchmarks' shared database and Redis db (`benchmarks/common.py`:
 dropped, created, migrated and flushed by the script); `lateness.py` and `scheduler_memory.py`
@@ -216,6 +218,55 @@ def messages_in_redis() -> int:
         client.close()
 
 
+_BASELINE_INSERT = """
+INSERT INTO task_runs (task_id, user_id, trigger, scheduled_for, status, priority, attempts,
+                       max_attempts, timeout_ms, queued_at, message_id, message_sent_at)
+SELECT id, user_id, 'schedule', :slot, 'queued', priority, 0, 4, 300000, now(),
+       CAST(gen_random_uuid() AS text), now()
+  FROM tasks
+RETURNING id, priority, message_id
+"""
+
+
+def measure_baseline(engine: Any, slot: datetime) -> tuple[float, int]:
+    """The same work with nothing else: one bulk INSERT of a run per task, then a pipelined
+    enqueue of a Dramatiq message per run (as `RedisBroker.enqueue` would store it). Seconds, runs."""
+    import dramatiq
+    import redis
+    from sqlalchemy import text
+
+    from app.services.dispatch import actor_name, queue_name
+
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE task_runs CASCADE"))
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    vacuum_analyze(engine)
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        rows = conn.execute(text(_BASELINE_INSERT), {"slot": slot}).all()
+    pipe = client.pipeline(transaction=False)
+    for index, (run_id, priority, message_id) in enumerate(rows, 1):
+        queue = queue_name(priority)
+        message = dramatiq.Message(
+            queue_name=queue,
+            actor_name=actor_name(priority),
+            args=(str(run_id),),
+            kwargs={},
+            options={"redis_message_id": message_id},
+            message_id=message_id,
+            message_timestamp=int(time.time() * 1000),
+        )
+        pipe.hset(f"dramatiq:{queue}.msgs", message_id, message.encode())
+        pipe.rpush(f"dramatiq:{queue}", message_id)
+        if index % 2000 == 0:
+            pipe.execute()
+    pipe.execute()
+    elapsed = time.perf_counter() - started
+    client.close()
+    return elapsed, len(rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -230,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="SQL run after the migrations (to try a schema change)",
     )
+    parser.add_argument("--no-baseline", action="store_true", help="skip the same-resource baseline")
     args = parser.parse_args(argv)
 
     use_bench_environment()
@@ -293,8 +345,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"time from pass start until all runs and messages exist: {elapsed:.2f} s "
         f"({args.tasks / elapsed:,.0f} runs/s); sending {send_seconds[0]:.2f} s of it"
     )
-    engine.dispose()
     ok = runs == sent == in_redis == args.tasks
+    if not args.no_baseline:
+        baseline_s, baseline_runs = measure_baseline(engine, due_at + timedelta(minutes=1))
+        baseline_in_redis = messages_in_redis()
+        print(
+            f"baseline (bulk INSERT of {baseline_runs:,} runs + pipelined enqueue of {baseline_in_redis:,} "
+            f"messages, nothing else): {baseline_s:.2f} s; the pass reaches "
+            f"{100 * baseline_s / elapsed:.0f}% of its speed (goal: >= 70%, and <= 10 s at 100,000)"
+        )
+    engine.dispose()
     if not ok:
         print("MISMATCH: expected", args.tasks, "of each")
     return 0 if ok else 1

@@ -90,25 +90,34 @@ _INSERT_RUNS = text(
           FROM unnest(CAST(:task_ids AS uuid[]), CAST(:slots AS timestamptz[])) AS u(task_id, slot)
     ), created AS (
     INSERT INTO task_runs (task_id, user_id, trigger, scheduled_for, status, priority, attempts,
-                           max_attempts, timeout_ms, queued_at, finished_at, error)
+                           max_attempts, timeout_ms, queued_at, finished_at, error,
+                           message_id, message_sent_at)
     SELECT t.id, t.user_id, 'schedule', d.slot, d.status, t.priority, 0,
            1 + COALESCE((t.agent_config ->> 'maxRetries')::int, :default_retries),
            COALESCE((t.agent_config ->> 'timeout')::int, :default_timeout_ms),
            :now,
            CASE WHEN d.status = 'skipped' THEN CAST(:now AS timestamptz) END,
-           CASE WHEN d.status = 'skipped' THEN CAST(:overlap AS jsonb) END
+           CASE WHEN d.status = 'skipped' THEN CAST(:overlap AS jsonb) END,
+           -- the id of the message about to be sent (as the API does): no UPDATE after the send;
+           -- a send that fails leaves the id missing from Redis, and the reconciler resends
+           CASE WHEN d.status = 'queued' THEN CAST(gen_random_uuid() AS text) END,
+           CASE WHEN d.status = 'queued' THEN CAST(:now AS timestamptz) END
       FROM due AS d
       JOIN tasks AS t ON t.id = d.task_id
         ON CONFLICT (task_id, scheduled_for) DO NOTHING
-    RETURNING id, task_id, user_id, priority, status
+    RETURNING id, task_id, user_id, priority, status, message_id
     ), webhook AS (
         -- a skipped run is an ended run: its webhook delivery is written with it
         {insert_deliveries_sql("(SELECT * FROM created WHERE status = 'skipped')", "'run.skipped'")}
     )
-    SELECT c.id, c.priority, c.status, w.id AS delivery_id, w.message_id AS delivery_message_id
+    SELECT c.id, c.priority, c.status, w.id AS delivery_id, w.message_id AS delivery_message_id,
+           c.message_id AS run_message_id
       FROM created AS c LEFT JOIN webhook AS w ON w.run_id = c.id
     """
 )
+
+#: (run id, priority, status, webhook delivery id, its message id, the run's message id)
+_CreatedRow = tuple[uuid.UUID, str, str, uuid.UUID | None, str | None, str | None]
 
 _ADVANCE = text(
     """
@@ -311,7 +320,7 @@ def _process_batch(
     queued: list[Dispatch] = []
     skipped = 0
     if task_ids:
-        created: Sequence[tuple[uuid.UUID, str, str, uuid.UUID | None, str | None]] = session.execute(
+        created: Sequence[_CreatedRow] = session.execute(
             _INSERT_RUNS,
             {
                 "task_ids": task_ids,
@@ -322,9 +331,9 @@ def _process_batch(
                 "default_timeout_ms": DEFAULT_TIMEOUT_MS,
             },
         ).all()
-        for run_id, priority, status, delivery_id, delivery_message_id in created:
+        for run_id, priority, status, delivery_id, delivery_message_id, message_id in created:
             if status == RunStatus.QUEUED.value:
-                queued.append(Dispatch(run_id, priority))
+                queued.append(Dispatch(run_id, priority, message_id=message_id))
             else:
                 skipped += 1
                 stash_row(session, delivery_id, delivery_message_id)
