@@ -109,6 +109,10 @@ def test_a_provider_counting_10000_prompt_tokens_a_call_fails_budget_exhausted_c
     assert user_row(session_factory, user_id).credits_used == 20
     with session_factory() as session:
         task = session.execute(text("SELECT * FROM tasks WHERE id = :id"), {"id": task_id}).one()
+        steps = session.execute(
+            text("SELECT kind, status FROM run_steps WHERE run_id = :id ORDER BY index"), {"id": run_id}
+        ).all()
+    assert [tuple(step) for step in steps] == [("plan", "completed"), ("step", "completed")]  # kept
     assert task.status == "failed"
     assert task.tokens_used == run.tokens_used
     assert task.credits_used == 20
