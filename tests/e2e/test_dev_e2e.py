@@ -66,6 +66,7 @@ def test_commands_beside_a_running_dev_use_its_servers(tmp_path: Path, migrated_
     try:
         wait_for(lambda: "export API_KEY=ask_" in log.read_text(), 120, "the banner", log)
         assert state.exists()
+        assert "/dashboard" in log.read_text()  # the banner names the dashboard's URL
 
         status = command("status", cwd=checkout)
         assert status.returncode == 0, status.stderr
