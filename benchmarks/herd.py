@@ -283,7 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the same-resource baseline")
     args = parser.parse_args(argv)
+    from benchmarks.common import exclusive_benchmark
 
+    with exclusive_benchmark("herd"):
+        return measure(args)
+
+
+def measure(args: argparse.Namespace) -> int:
     use_bench_environment()
     recreate_database()
     import actors  # noqa: F401  (the broker, bound to Redis db 13)

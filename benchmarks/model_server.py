@@ -5,7 +5,8 @@
 Every `POST /v1/chat/completions` is answered after `--delay` seconds, the way
 `tests/support/openai_stub.py` answers (a two-step plan when asked for a JSON array, else a
 short text), so an agent run makes the same four calls. `GET /stats` returns JSON counters:
-requests answered, requests in flight now and at most, connections open now and at most.
+requests answered, requests in flight now and at most, connections open now and at most;
+`GET /arrivals` when each completion request arrived (seconds since the server started).
 It serves 127.0.0.1 only and holds thousands of keep-alive connections on one event loop.
 """
 
@@ -30,6 +31,8 @@ class Stats:
         self.connections = 0
         self.max_connections = 0
         self.started = time.monotonic()
+        #: Seconds since start at which each completion request arrived (GET /arrivals).
+        self.arrivals: list[float] = []
 
     def as_json(self) -> bytes:
         return json.dumps(
@@ -104,7 +107,10 @@ async def _serve(
             raw = await reader.readexactly(length) if length else b""
             if method == "GET" and path == "/stats":
                 writer.write(_response(200, stats.as_json()))
+            elif method == "GET" and path == "/arrivals":
+                writer.write(_response(200, json.dumps([round(t, 4) for t in stats.arrivals]).encode()))
             elif method == "POST" and path.split("?", 1)[0] == "/v1/chat/completions":
+                stats.arrivals.append(time.monotonic() - stats.started)
                 stats.in_flight += 1
                 stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
                 try:
