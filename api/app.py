@@ -16,7 +16,7 @@ from api.errors import EXCEPTION_HANDLERS
 from api.http_metrics import HttpMetricsMiddleware
 from api.query import EmptyQueryValuesMiddleware
 from api.rate_limit import RateLimitMiddleware
-from api.routes import agent, health, metrics, operations, schedules, task_control, tasks
+from api.routes import agent, health, metrics, operations, schedules, steps, task_control, tasks
 from api.routes import keys as key_routes
 from api.routes import webhooks as webhook_routes
 from api.routing import answer_options
@@ -27,6 +27,7 @@ from app.errors import ConfigurationError
 from app.logging import configure_logging
 from app.metrics_sharing import MetricsPublisher
 from app.services.run_events import RunWaiter
+from app.services.run_feed import RunFeed
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ def create_app(settings: Settings) -> Litestar:
     session_factory = make_session_factory(engine)
     install_outbox(session_factory)  # a cancel's webhook messages go out after its commit
     waiter = RunWaiter(settings.database_url)
+    feed = RunFeed(settings.broker_url)
+    waiter.add_listener(feed.on_notification)  # one Postgres listener for waits and live events
     state = ApiState(
         settings=settings,
         session_factory=session_factory,
@@ -53,12 +56,14 @@ def create_app(settings: Settings) -> Litestar:
         waiter=waiter,
         send=lambda dispatches: send_dispatches(session_factory, dispatches, state.clock),
         send_recorded=send_messages,
+        feed=feed,
     )
 
     publisher = MetricsPublisher(broker.client)
 
     async def start_waiter() -> None:
         await waiter.start()
+        await feed.start()
         publisher.start()
 
     rate_limiter = RateLimitMiddleware(settings)
@@ -66,6 +71,7 @@ def create_app(settings: Settings) -> Litestar:
     async def stop_waiter() -> None:
         await rate_limiter.close()
         publisher.stop()
+        await feed.stop()
         await waiter.stop()
         engine.dispose()
 
@@ -76,6 +82,8 @@ def create_app(settings: Settings) -> Litestar:
             tasks.get_task,
             tasks.list_task_runs,
             tasks.get_run,
+            steps.get_run_steps,
+            steps.get_run_events,
             tasks.me,
             task_control.update_task,
             task_control.run_task_now,

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import redis.exceptions
 import sqlalchemy.exc
-from dramatiq.errors import ConnectionError as BrokerConnectionError
+from dramatiq.errors import BrokerConnectionError
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import (

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.clock import SYSTEM_CLOCK, Clock
 from app.services.dispatch import Dispatch
 from app.services.run_events import RunWaiter
+from app.services.run_feed import RunFeed
 from app.settings import Settings
 
 #: How long a verified API key is trusted without asking Postgres again (seconds).
@@ -65,3 +66,5 @@ class ApiState:
     send_recorded: Callable[[Sequence[Dispatch]], object]
     clock: Clock = SYSTEM_CLOCK
     keys: ApiKeyCache = field(default_factory=ApiKeyCache)
+    #: Live run events, fanned out from the waiter's listener and one Redis subscription.
+    feed: RunFeed = field(default=None)  # type: ignore[assignment]

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from app.cli import health as health_commands
 from app.cli import keys as keys_commands
+from app.cli import runs as run_commands
 from app.cli import webhooks as webhook_commands
 from app.cli.servers import UNREACHABLE_ERRORS, reached_nothing, use_servers
 from app.errors import AppError
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     keys_commands.add_parser(commands)
+    run_commands.add_parser(commands)
     health_commands.add_parser(commands)
     webhook_commands.add_parser(commands)
 
@@ -91,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return health_commands.run(args)
             if args.command == "webhooks":
                 return webhook_commands.run(args)
+            if args.command == "runs":
+                return run_commands.run(args)
             from app.cli.admin import run_admin
 
             return run_admin(args)

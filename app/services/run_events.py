@@ -17,10 +17,12 @@ from collections.abc import Awaitable, Callable
 import psycopg
 from sqlalchemy.engine import make_url
 
-from app.services.runs import RUN_FINISHED_CHANNEL
+from app.services.runs import RUN_EVENTS_CHANNEL, RUN_FINISHED_CHANNEL
 
 logger = logging.getLogger(__name__)
 
+#: What listeners are told after the connection was re-established: notifications may be lost.
+MISSED = "*"
 #: Re-read the run at least this often even without a notification (a safety net, not a poll loop).
 SAFETY_RECHECK_S = 5.0
 
@@ -34,6 +36,7 @@ class RunWaiter:
         self._conninfo = libpq_conninfo(database_url)
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[str, str], None]] = []
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen_forever(), name="run-finished-listener")
@@ -67,6 +70,19 @@ class RunWaiter:
                     if not waiters:
                         del self._waiters[run_id]
 
+    def add_listener(self, callback: Callable[[str, str], None]) -> None:
+        """Also hand `callback` every notification (channel, payload) of the run-finished and
+        run-events channels, from this one connection; (`MISSED`, `MISSED`) after a reconnect.
+        Call before `start`."""
+        self._listeners.append(callback)
+
+    def _tell_listeners(self, channel: str, payload: str) -> None:
+        for callback in self._listeners:
+            try:
+                callback(channel, payload)
+            except Exception:
+                logger.exception("a run-notification listener failed")
+
     def _wake(self, run_id: str) -> None:
         for future in self._waiters.pop(run_id, ()):
             if not future.done():
@@ -81,9 +97,14 @@ class RunWaiter:
             try:
                 async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {RUN_FINISHED_CHANNEL}")
+                    if self._listeners:
+                        await conn.execute(f"LISTEN {RUN_EVENTS_CHANNEL}")
                     self._wake_all()  # anything finished while we were not listening
+                    self._tell_listeners(MISSED, MISSED)
                     async for notification in conn.notifies():
-                        self._wake(notification.payload)
+                        if notification.channel == RUN_FINISHED_CHANNEL:
+                            self._wake(notification.payload)
+                        self._tell_listeners(notification.channel, notification.payload)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -159,3 +159,21 @@ def test_heartbeats_renew_the_leases_of_running_runs_in_one_statement(
     now = leases[run_ids[2]]
     assert leases[run_ids[0]] - now > timedelta(seconds=settings.run_lease_s - 5)
     assert leases[run_ids[1]] - now > timedelta(seconds=settings.run_lease_s - 5)
+
+
+def test_agentsched_runs_show_prints_the_run_and_its_steps(
+    make_account, start_worker, session_factory, capsys
+):
+    from app.cli import main
+
+    account = make_account()
+    start_worker()
+    run_id = queue_run(session_factory, account.user_id, GOAL)
+    wait_for_runs(session_factory, [run_id])
+    assert main(["runs", "show", str(run_id)]) == 0
+    printed = capsys.readouterr().out
+    assert f"run {run_id}  completed  attempt 1/4" in printed
+    for line in ("[0] plan ", "[1] step ", "[2] step ", "[3] final"):
+        assert line in printed
+    assert "offline provider" in printed  # the outputs, cut to a line each
+    assert main(["runs", "show", "not-a-uuid"]) == 2

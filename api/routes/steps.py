@@ -1,0 +1,94 @@
+"""A run's steps, and its live events as server-sent events."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from litestar import Request, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, HeaderParameter
+from litestar.response import ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
+
+from api.auth import current_user_id
+from api.schemas.openapi import API_KEY_SECURITY, errors
+from api.schemas.steps import StepsPage, step_view
+from api.schemas.views import run_view
+from api.state import ApiState
+from app.services import tasks
+from app.services.run_steps import list_steps, steps_after
+from app.services.run_stream import RunEvent, Snapshot, parse_event_id, run_events
+
+USER = {"user_id": Provide(current_user_id, sync_to_thread=True)}
+
+LastEventId = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Last-Event-ID",
+        description="resume after this event (the `id:` of the last event received)",
+        max_length=64,
+    ),
+]
+
+
+def _state(request: Request[Any, Any, State]) -> ApiState:
+    return request.app.state.api  # type: ignore[no-any-return]
+
+
+@get(
+    "/api/runs/{run_id:uuid}/steps",
+    dependencies=USER,
+    sync_to_thread=True,
+    security=API_KEY_SECURITY,
+    responses=errors(401, 404, 429, 503),
+)
+def get_run_steps(
+    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], run_id: FromPath[uuid.UUID]
+) -> StepsPage:
+    """The run's steps in order: plan, each step, final."""
+    with _state(request).session_factory() as session:
+        tasks.get_run(session, user_id, run_id)
+        return {"items": [step_view(step) for step in list_steps(session, run_id)]}
+
+
+@get(
+    "/api/runs/{run_id:uuid}/events",
+    dependencies=USER,
+    security=API_KEY_SECURITY,
+    responses=errors(401, 404, 429, 503),
+)
+async def get_run_events(
+    request: Request[Any, Any, State],
+    user_id: NamedDependency[uuid.UUID],
+    run_id: FromPath[uuid.UUID],
+    last_event_id: LastEventId = None,
+) -> ServerSentEvent:
+    """`text/event-stream` of the run's life: `status`, `step`, `delta`, `end` (then it closes)."""
+    state = _state(request)
+
+    def read(after_seq: int) -> Snapshot:
+        with state.session_factory() as session:
+            run = tasks.get_run(session, user_id, run_id)
+            return Snapshot(run, list(steps_after(session, run_id, after_seq)))
+
+    async def read_async(after_seq: int) -> Snapshot:
+        return await anyio.to_thread.run_sync(read, after_seq)
+
+    first = await read_async(parse_event_id(last_event_id)[0])  # 404 before the stream starts
+    events = run_events(
+        state.feed, run_id, read_async, first, last_event_id, step_view=step_view, run_view=run_view
+    )
+    return ServerSentEvent(_messages(events), headers={"X-Accel-Buffering": "no"})
+
+
+async def _messages(events: AsyncIterator[RunEvent | None]) -> AsyncIterator[ServerSentEventMessage]:
+    async for event in events:
+        if event is None:
+            yield ServerSentEventMessage(data=None, comment="keep-alive")
+        else:
+            yield ServerSentEventMessage(data=json.dumps(event.data), event=event.event, id=event.id)
