@@ -22,8 +22,6 @@ from datetime import date, datetime
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.models import CreditLedgerEntry
-
 
 def cost_of(tokens: int, tokens_per_credit: int) -> int:
     """Credits for `tokens`: rounded up, at least 1 for any use, 0 for none."""
@@ -163,22 +161,6 @@ def settle(
             _SETTLE, {"user_id": user_id, "charge": charge, "reserved": reserved, "period": period}
         )
     return charge
-
-
-def record_adjustment(session: Session, user_id: uuid.UUID, amount: int, now: datetime | None = None) -> None:
-    """An operator's change to `credits_used`, kept in the ledger so it still sums."""
-    from app.clock import SYSTEM_CLOCK
-
-    session.add(
-        CreditLedgerEntry(
-            user_id=user_id,
-            run_id=None,
-            kind="adjustment",
-            amount=amount,
-            tokens=0,
-            period=month_of(now or SYSTEM_CLOCK.now()),
-        )
-    )
 
 
 def used_this_month(credits_used: int, credits_period: date, now: datetime) -> int:
