@@ -39,8 +39,6 @@ logger = logging.getLogger(__name__)
 
 #: Most tokens a single model answer may have.
 MAX_ANSWER_TOKENS = 1024
-#: Below this many tokens left in the budget, no further step starts.
-MIN_TOKENS_FOR_A_CALL = 64
 STEP_OUTPUT_CHARS = 4_000
 
 
