@@ -1,0 +1,107 @@
+"""Flow control across real worker processes: a user's concurrency cap, one provider budget."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from app.services import concurrency
+from tests.e2e.conftest import Spawn, wait_until
+from tests.support.openai_stub import OpenAIStub
+
+pytestmark = pytest.mark.e2e
+
+RUN = {"goal": "Summarise the week", "agentType": "writer_agent", "async": True}
+
+
+def test_a_limit_of_2_holds_across_two_worker_processes_of_16_threads(
+    api: httpx.Client, spawn: Spawn, make_account, session_factory
+):
+    account = make_account()
+    with session_factory.begin() as session:
+        concurrency.set_limit(session, account.user_id, 50)
+    run_ids = [
+        api.post("/api/agent/execute", json=RUN, headers=account.headers).json()["runId"] for _ in range(50)
+    ]
+    with session_factory.begin() as session:  # every message is in Redis: 32 threads race for them
+        concurrency.set_limit(session, account.user_id, 2)
+    with OpenAIStub() as stub:
+        stub.delay(0.03)
+        env = {"LLM_PROVIDER": "openai", "LLM_BASE_URL": stub.base_url, "LLM_API_KEY": "x"}
+        peak, stop = [0], threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                with session_factory() as session:
+                    running = session.scalar(
+                        text("SELECT count(*) FROM task_runs WHERE user_id = :u AND status = 'running'"),
+                        {"u": account.user_id},
+                    )
+                peak[0] = max(peak[0], int(running or 0))
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        worker = spawn("worker", "-m", "dramatiq", "actors", "--processes", "2", "--threads", "16", env=env)
+
+        def all_done() -> bool:
+            assert worker.popen.poll() is None, worker.log()[-4000:]
+            with session_factory() as session:
+                finished = session.scalar(
+                    text("SELECT count(*) FROM task_runs WHERE id = ANY(:ids) AND status = 'completed'"),
+                    {"ids": [uuid.UUID(r) for r in run_ids]},
+                )
+            return finished == len(run_ids)
+
+        try:
+            wait_until(
+                all_done, timeout_s=240, what="all 50 runs completing", logs=lambda: worker.log()[-4000:]
+            )
+        finally:
+            stop.set()
+            sampler.join(5)
+    assert peak[0] == 2
+    with session_factory() as session:
+        attempts = session.scalar(
+            text("SELECT max(attempts) FROM task_runs WHERE id = ANY(:ids)"),
+            {"ids": [uuid.UUID(r) for r in run_ids]},
+        )
+    assert attempts == 1
+
+
+def test_two_worker_processes_share_one_llm_rpm_budget(
+    api: httpx.Client, spawn: Spawn, make_account, session_factory
+):
+    account = make_account(plan="enterprise")
+    run_ids = [
+        api.post("/api/agent/execute", json=RUN, headers=account.headers).json()["runId"] for _ in range(10)
+    ]
+    with OpenAIStub() as stub:
+        env = {"LLM_PROVIDER": "openai", "LLM_BASE_URL": stub.base_url, "LLM_API_KEY": "x", "LLM_RPM": "300"}
+        worker = spawn("worker", "-m", "dramatiq", "actors", "--processes", "2", "--threads", "4", env=env)
+
+        def all_done() -> bool:  # read in Postgres: polling the API would meet its rate limit
+            assert worker.popen.poll() is None, worker.log()[-4000:]
+            with session_factory() as session:
+                finished = session.scalar(
+                    text("SELECT count(*) FROM task_runs WHERE id = ANY(:ids) AND status = 'completed'"),
+                    {"ids": [uuid.UUID(r) for r in run_ids]},
+                )
+            return finished == len(run_ids)
+
+        wait_until(all_done, timeout_s=180, what="the runs completing", logs=lambda: worker.log()[-4000:])
+        times = sorted(stub.request_times)
+    assert len(times) == 40
+    # 300 a minute is 5 a second, the bucket holds 2.5: never faster, whatever the load.
+    best, start = 0, 0
+    for end in range(len(times)):
+        while times[end] - times[start] >= 4.0:
+            start += 1
+        best = max(best, end - start + 1)
+    assert best <= 4 * 5 + 3
+    assert times[-1] - times[0] >= (40 - 3) / 5
