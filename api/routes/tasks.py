@@ -24,7 +24,7 @@ Limit = Annotated[
     int, Parameter(ge=1, le=tasks.PAGE_MAX, description=f"items per page, at most {tasks.PAGE_MAX}")
 ]
 Status = Annotated[
-    TaskStatus | None,
+    str | None,  # checked by the service; a TaskStatus type would read `status=null` as no filter
     Parameter(
         description="only tasks in this status",
         schema_extra={"oneOf": None, "type": "string", "enum": [status.value for status in TaskStatus]},
@@ -34,10 +34,7 @@ Cursor = Annotated[
     str | None,
     Parameter(
         description="`nextCursor` of the previous page",
-        min_length=1,
-        max_length=200,
-        pattern="^[A-Za-z0-9_-]+$",
-        schema_extra={"oneOf": None, "type": "string", "format": "cursor"},
+        schema_extra={"oneOf": None, "type": "string", "pattern": tasks.CURSOR_PATTERN},
     ),
 ]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
 from app.agents.registry import AGENT_TYPES, agent_names
@@ -58,6 +58,16 @@ def _check_agent_type(value: str) -> str:
         raise PydanticCustomError("domain_rule", f"unknown agent type; valid: {', '.join(agent_names())}")
     return value
 
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema's `integer` includes 1540.0; strict validation would call it a float.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer, written as JSON writes it (`3` or `3.0`); booleans and fractions are refused.
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 GoalText = Annotated[
     str,

@@ -8,13 +8,14 @@ generated from `/schema/openapi.json` knows every answer an operation gives.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Annotated, Any, get_args, get_origin
 
 import swagger_ui_bundle  # type: ignore[import-untyped]  # (no type hints shipped)
 from litestar import Router
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import Components, Schema, SecurityScheme
+from litestar.openapi.spec import Components, OpenAPI, Parameter, PathItem, Schema, SecurityScheme
 from litestar.plugins.pydantic import PydanticSchemaPlugin
 from litestar.static_files import create_static_files_router
 from litestar.typing import FieldDefinition
@@ -51,23 +52,41 @@ def answer(shape: Any, description: str) -> ResponseSpec:
     return ResponseSpec(data_container=shape, description=description, generate_examples=False)
 
 
-def _pattern_of(field: Any) -> str | None:
-    """The regex a pydantic field's string must match, wherever its type declares it."""
+def _constraints_of(field: Any) -> dict[str, Any]:
+    """A pydantic field's `pattern` and `min_length`/`max_length`, wherever its type has them."""
     sources = list(field.metadata)
     for arg in get_args(field.annotation):  # `Annotated[str, ...] | None`
         if get_origin(arg) is Annotated:
             sources.extend(get_args(arg)[1:])
+    found: dict[str, Any] = {}
+    for meta in list(sources):  # a nested `Field(...)` keeps its constraints in `metadata`
+        sources.extend(getattr(meta, "metadata", None) or [])
     for meta in sources:
-        pattern = getattr(meta, "pattern", None)
-        if isinstance(pattern, str):
-            return pattern
-    return None
+        for name in ("pattern", "min_length", "max_length"):
+            value = getattr(meta, name, None)
+            if value is not None:
+                found.setdefault(name, value)
+    return found
+
+
+def _complete_property(prop: Schema, constraints: Mapping[str, Any]) -> None:
+    """Put the constraints on the non-null members of an (optional) property's schema."""
+    for part in prop.one_of or [prop]:
+        if not isinstance(part, Schema):
+            continue
+        if part.type == "string":
+            part.pattern = constraints.get("pattern", part.pattern)
+            part.min_length = constraints.get("min_length", part.min_length)
+            part.max_length = constraints.get("max_length", part.max_length)
+        elif part.type == "array":
+            part.min_items = constraints.get("min_length", part.min_items)
+            part.max_items = constraints.get("max_length", part.max_items)
 
 
 class ClosedModelsSchemaPlugin(PydanticSchemaPlugin):
     """Litestar's pydantic schemas, completed: models that forbid unknown fields say so
-    (`additionalProperties: false`), and string patterns are kept (Litestar drops them from
-    optional fields)."""
+    (`additionalProperties: false`), and the constraints of optional fields (patterns, lengths)
+    are kept (Litestar drops them there)."""
 
     def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Any:
         schema = super().to_openapi_schema(field_definition, schema_creator)
@@ -77,16 +96,43 @@ class ClosedModelsSchemaPlugin(PydanticSchemaPlugin):
         if config.get("extra") == "forbid":
             registered.additional_properties = False
         for name, field in getattr(model, "model_fields", {}).items():
-            pattern = _pattern_of(field)
             prop = (registered.properties or {}).get(field.alias or name)
-            if pattern is None or not isinstance(prop, Schema):
-                continue
-            strings = [
-                part for part in prop.one_of or [prop] if isinstance(part, Schema) and part.type == "string"
-            ]
-            for part in strings:
-                part.pattern = pattern
+            constraints = _constraints_of(field)
+            if constraints and isinstance(prop, Schema):
+                _complete_property(prop, constraints)
         return schema
+
+
+def _allow_empty_optional_queries(paths: Mapping[str, PathItem]) -> None:
+    # api.query drops `name=` from query strings (empty counts as unset), so a parameter that
+    # may be omitted may also be sent empty: `allowEmptyValue` says so.
+    for item in paths.values():
+        for method in ("get", "put", "post", "delete", "patch"):
+            operation = getattr(item, method, None)
+            for parameter in (operation.parameters or []) if operation else []:
+                if (
+                    isinstance(parameter, Parameter)
+                    and parameter.param_in == "query"
+                    and not parameter.required
+                ):
+                    parameter.allow_empty_value = True
+
+
+@dataclass
+class _Document(OpenAPI):
+    """The document Litestar builds, completed as its paths are set."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "paths" and value:
+            _allow_empty_optional_queries(value)
+
+
+@dataclass
+class _Config(OpenAPIConfig):
+    def to_openapi_schema(self) -> OpenAPI:
+        built = super().to_openapi_schema()
+        return _Document(**{item.name: getattr(built, item.name) for item in fields(built) if item.init})
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -98,7 +144,7 @@ def openapi_config() -> OpenAPIConfig:
         favicon=f"<link rel='icon' type='image/png' href='{assets}/favicon-32x32.png'>",
         path=["/", "/swagger"],
     )
-    return OpenAPIConfig(
+    return _Config(
         title="agentsched",
         version="0.1.0",
         description=(

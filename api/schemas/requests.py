@@ -23,6 +23,7 @@ from api.schemas.fields import (
     OptionalTitleText,
     TimezoneName,
     TitleText,
+    WholeNumber,
 )
 from app.services.task_input import (
     DEFAULT_MAX_RETRIES,
@@ -64,10 +65,10 @@ class ScheduleBody(RequestBody):
 
 
 class AgentConfigBody(RequestBody):
-    timeout: Annotated[int, Field(ge=TIMEOUT_MS_RANGE[0], le=TIMEOUT_MS_RANGE[1])] = Field(
+    timeout: Annotated[WholeNumber, Field(ge=TIMEOUT_MS_RANGE[0], le=TIMEOUT_MS_RANGE[1])] = Field(
         default=DEFAULT_TIMEOUT_MS, description="Deadline of one attempt, in milliseconds."
     )
-    max_retries: Annotated[int, Field(ge=MAX_RETRIES_RANGE[0], le=MAX_RETRIES_RANGE[1])] = Field(
+    max_retries: Annotated[WholeNumber, Field(ge=MAX_RETRIES_RANGE[0], le=MAX_RETRIES_RANGE[1])] = Field(
         default=DEFAULT_MAX_RETRIES, alias="maxRetries", description="Retries after a failed attempt."
     )
     model: ModelName | None = None
