@@ -105,3 +105,44 @@ def test_two_worker_processes_share_one_llm_rpm_budget(
         best = max(best, end - start + 1)
     assert best <= 4 * 5 + 3
     assert times[-1] - times[0] >= (40 - 3) / 5
+
+
+def test_two_worker_processes_share_one_llm_tpm_budget(
+    api: httpx.Client, spawn: Spawn, make_account, session_factory
+):
+    account = make_account(plan="enterprise")
+    run_ids = [
+        api.post("/api/agent/execute", json=RUN, headers=account.headers).json()["runId"] for _ in range(8)
+    ]
+    with OpenAIStub() as stub:
+        stub.reply_with(prompt_tokens=400, completion_tokens=400)  # 800 tokens a call, as reported
+        tpm = 96_000  # 1,600 tokens a second: two calls a second at most
+        env = {
+            "LLM_PROVIDER": "openai",
+            "LLM_BASE_URL": stub.base_url,
+            "LLM_API_KEY": "x",
+            "LLM_TPM": str(tpm),
+        }
+        worker = spawn("worker", "-m", "dramatiq", "actors", "--processes", "2", "--threads", "4", env=env)
+
+        def all_done() -> bool:
+            assert worker.popen.poll() is None, worker.log()[-4000:]
+            with session_factory() as session:
+                finished = session.scalar(
+                    text("SELECT count(*) FROM task_runs WHERE id = ANY(:ids) AND status = 'completed'"),
+                    {"ids": [uuid.UUID(r) for r in run_ids]},
+                )
+            return finished == len(run_ids)
+
+        wait_until(all_done, timeout_s=180, what="the runs completing", logs=lambda: worker.log()[-4000:])
+        times = sorted(stub.request_times)
+    assert len(times) == 32
+    # Tokens the stub reported in any 4 s window: at most 4 s of budget plus the bucket (0.5 s)
+    # plus one call's worth charged ahead (max_tokens up front, corrected after).
+    best, start = 0, 0
+    for end in range(len(times)):
+        while times[end] - times[start] >= 4.0:
+            start += 1
+        best = max(best, end - start + 1)
+    assert best * 800 <= 4 * tpm / 60 + tpm / 120 + 2 * 1024
+    assert times[-1] - times[0] >= (32 * 800 - tpm / 120 - 2 * 1024) / (tpm / 60)
