@@ -7,7 +7,10 @@ flush). Counters, histogram buckets, counts and sums are all sums, so increments
 number of processes on any number of hosts merge exactly, and a process that dies keeps what
 it flushed: the totals never go backwards (Prometheus' ``rate()`` sees no false resets). At
 most the last interval of a dead process is lost. A flush that fails (Redis down) is kept and
-sent with the next one. Gauges are not shared: the API computes them when it is scraped.
+sent with the next one. If the hash itself is lost (Redis flushed, or restarted without its
+data), a new generation starts (:data:`EPOCH_FIELD`) and every live process sends its whole
+totals again, so the merged figures stay complete but for what dead processes had counted.
+Gauges are not shared: the API computes them when it is scraped.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import logging
 import math
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -30,6 +34,8 @@ from app.services.stats import SCHEDULER_KEY_PREFIX
 logger = logging.getLogger(__name__)
 
 METRICS_KEY = "agentsched:metrics"
+#: A field of the hash naming its generation: a flusher that finds another one starts over.
+EPOCH_FIELD = "__epoch__"
 #: Seconds between two flushes of a process's increments to Redis.
 FLUSH_INTERVAL_S = 5.0
 _SHARED_TYPES = ("counter", "histogram")
@@ -59,11 +65,13 @@ class MetricsFlusher:
     def __init__(self, redis_client: Redis) -> None:
         self.redis = redis_client
         self._flushed: dict[_SampleKey, float] = {}
+        self._epoch: bytes | None = None
         self._lock = threading.Lock()
 
     def flush(self) -> int:
         """Send what changed; returns how many samples changed. Raises RedisError."""
         with self._lock:
+            self._follow_the_epoch()
             current = _local_samples()
             # A sample seen for the first time is sent even at 0, so every bucket of a
             # histogram series exists in Redis once the series does.
@@ -79,6 +87,16 @@ class MetricsFlusher:
                 pipe.execute()
                 self._flushed.update({key: current[key] for key in deltas})
             return len(deltas)
+
+    def _follow_the_epoch(self) -> None:
+        """After the hash was lost (Redis flushed or restarted empty), send whole totals again."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hsetnx(METRICS_KEY, EPOCH_FIELD, uuid.uuid4().hex)
+        pipe.hget(METRICS_KEY, EPOCH_FIELD)
+        epoch: bytes | None = pipe.execute()[1]
+        if epoch != self._epoch:
+            self._flushed.clear()
+            self._epoch = epoch
 
 
 _flushers: dict[str, MetricsFlusher] = {}
@@ -142,6 +160,8 @@ class SharedMetricsCollector(Collector):
         stored: dict[Any, Any] = self.redis.hgetall(METRICS_KEY)
         values: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
         for raw_field, raw_value in stored.items():
+            if raw_field in (EPOCH_FIELD, EPOCH_FIELD.encode()):
+                continue
             name, labels = json.loads(raw_field)
             values.setdefault(name, {})[tuple((k, v) for k, v in labels)] = float(raw_value)
         for family in REGISTRY.collect():

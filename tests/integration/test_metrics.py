@@ -164,3 +164,14 @@ def test_a_queued_run_cancelled_through_the_api_is_counted(client, make_account)
         value(after, "agentsched_runs_total", **labels) - value(before, "agentsched_runs_total", **labels)
         == 1
     )
+
+
+def test_a_lost_hash_gets_the_whole_totals_of_live_processes_again(client, redis_client):
+    from app.metrics import RUNS
+
+    RUNS.labels("failed", "lost_hash_probe").inc(7)
+    _, first = scrape(client)
+    assert value(first, "agentsched_runs_total", status="failed", agent_type="lost_hash_probe") == 7
+    redis_client.delete(METRICS_KEY)  # as a Redis restarted without its data
+    _, again = scrape(client)
+    assert value(again, "agentsched_runs_total", status="failed", agent_type="lost_hash_probe") == 7
