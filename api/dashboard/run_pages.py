@@ -13,23 +13,18 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 from litestar.response import Redirect, ServerSentEvent, Template
 from litestar.response.sse import ServerSentEventMessage
-from sqlalchemy import select
+from markupsafe import escape
 
 from api.dashboard.render import is_fragment_request, page
 from api.dashboard.web import BASE_PATH, signed_in, state_of
 from api.state import ApiState
-from app.errors import NotFound
-from app.models import TaskRun
-from app.models.enums import RunStatus
-from app.services import dashboard, run_control
+from app.services import dashboard, run_control, tasks
 from app.services.dashboard_sessions import SignedIn
+from app.services.run_steps import steps_after
+from app.services.run_stream import RunEvent, Snapshot, parse_event_id
+from app.services.run_stream import run_events as stream_run_events
 
 USER = {"user": Provide(signed_in, sync_to_thread=True)}
-
-#: Without a step notification, a live run is re-read this often (seconds).
-LIVE_RECHECK_S = 1.0
-#: A stream ends after this long even if the run has not (the browser reconnects).
-STREAM_MAX_S = 15 * 60
 
 
 def _detail(state: ApiState, user: SignedIn, run_id: uuid.UUID) -> dashboard.RunDetail:
@@ -59,59 +54,52 @@ def run_body(
     return page("_run_body.html", {"user": user, "detail": detail, "run": detail.run, "task": detail.task})
 
 
-def _version(state: ApiState, user: SignedIn, run_id: uuid.UUID) -> tuple[Any, ...] | None:
-    """What changes whenever the run does: status, attempt, tokens and its event counter."""
-    columns: list[Any] = [TaskRun.status, TaskRun.attempts, TaskRun.tokens_used]
-    for name in ("event_seq", "step_count"):
-        if hasattr(TaskRun, name):
-            columns.append(getattr(TaskRun, name))
+def _read(state: ApiState, user: SignedIn, run_id: uuid.UUID, after_seq: int) -> Snapshot:
     with state.session_factory() as session:
-        row = session.execute(
-            select(*columns).where(TaskRun.id == run_id, TaskRun.user_id == user.user_id)
-        ).first()
-    return None if row is None else tuple(row)
+        run = tasks.get_run(session, user.user_id, run_id)
+        return Snapshot(run, list(steps_after(session, run_id, after_seq)))
 
 
 @get(f"{BASE_PATH}/runs/{{run_id:uuid}}/events", dependencies=USER, include_in_schema=False)
 async def run_events(
-    request: Request[Any, Any, State], user: NamedDependency[SignedIn], run_id: FromPath[uuid.UUID]
+    request: Request[Any, Any, State],
+    user: NamedDependency[SignedIn],
+    run_id: FromPath[uuid.UUID],
+    after: str | None = None,
 ) -> ServerSentEvent:
-    """`changed` whenever the run changes (the page then re-reads its body), `end` when it ends.
+    """The run events stream (app.services.run_stream), as the page uses it: `changed` when the
+    run's status or a step changes (the page then re-reads its body), `delta` with the streamed
+    text as escaped HTML, `end` when the run has ended.
 
-    Woken by the run-finished notification; between those, the run is re-read every second.
+    `after` (the event id the page was rendered at) skips what the page already shows; a
+    reconnecting browser's `Last-Event-ID` wins over it.
     """
     state = state_of(request)
-    first = await anyio.to_thread.run_sync(_version, state, user, run_id)
-    if first is None:
-        raise NotFound("run not found")
 
-    async def changes() -> AsyncIterator[ServerSentEventMessage]:
-        last: tuple[Any, ...] | None = None
-        counter = 0
-        deadline = anyio.current_time() + STREAM_MAX_S
-        while anyio.current_time() < deadline:
-            version = await anyio.to_thread.run_sync(_version, state, user, run_id)
-            if version is None:
-                return
-            finished = version[0] not in (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
-            if version != last:
-                counter += 1
-                last = version
-                if not finished:
-                    yield ServerSentEventMessage(event="changed", data=str(version[0]), id=str(counter))
-            if finished:
-                yield ServerSentEventMessage(event="end", data=str(version[0]), id=str(counter + 1))
-                return
+    async def read(after_seq: int) -> Snapshot:
+        return await anyio.to_thread.run_sync(_read, state, user, run_id, after_seq)
 
-            # Sleep until the run-finished notification or the next re-read, whichever comes first
-            # (a finish just before we registered is caught by that re-read).
-            await state.waiter.wait(str(run_id), LIVE_RECHECK_S, _not_yet)
-
-    return ServerSentEvent(changes(), headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+    last_event_id = request.headers.get("last-event-id") or after
+    first = await read(parse_event_id(last_event_id)[0])  # 404 before the stream starts
+    events = stream_run_events(
+        state.feed, run_id, read, first, last_event_id, step_view=lambda step: None, run_view=lambda run: None
+    )
+    return ServerSentEvent(
+        _page_events(events), headers={"cache-control": "no-store", "x-accel-buffering": "no"}
+    )
 
 
-async def _not_yet() -> bool:
-    return False
+async def _page_events(events: AsyncIterator[RunEvent | None]) -> AsyncIterator[ServerSentEventMessage]:
+    async for event in events:
+        if event is None:
+            yield ServerSentEventMessage(data=None, comment="keep-alive")
+        elif event.event == "delta":
+            text = str(escape(str(event.data.get("text", ""))))
+            yield ServerSentEventMessage(data=text, event="delta", id=event.id)
+        elif event.event == "end":
+            yield ServerSentEventMessage(data="end", event="end", id=event.id)
+        else:  # status, step
+            yield ServerSentEventMessage(data=event.event, event="changed", id=event.id)
 
 
 @post(

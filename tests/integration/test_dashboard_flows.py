@@ -313,3 +313,41 @@ def test_the_run_page_shows_each_attempts_error_and_the_steps_of_the_attempt_tha
     assert "provider_error" in attempts[1][1]
     assert "succeeded" in attempts[2][1]
     assert page.count('class="step"') >= 3  # plan, steps, final
+
+
+def test_the_live_stream_replays_a_finished_run_then_ends_and_escapes_streamed_text(
+    client, make_account, start_worker, session_factory
+):
+    import asyncio
+
+    from api.dashboard.run_pages import _page_events
+    from app.services.run_stream import RunEvent
+    from tests.integration.conftest import wait_for_runs
+
+    start_worker()
+    account = make_account()
+    body = client.post(
+        "/api/agent/execute",
+        json={"goal": "g", "agentType": "data_agent", "async": True},
+        headers=account.headers,
+    ).json()
+    [run] = wait_for_runs(session_factory, [body["runId"]])
+    sign_in(client, account.key)
+    replay = client.get(f"/dashboard/runs/{run.id}/events").text
+    assert "event: changed" in replay
+    assert replay.rstrip().endswith("data: end")
+    rendered_at = client.get(f"/dashboard/runs/{run.id}/events", params={"after": f"{run.event_seq}-0"}).text
+    assert "event: changed" not in rendered_at  # what the page already shows is not sent again
+    assert "event: end" in rendered_at
+
+    async def events():
+        yield RunEvent("3-1", "delta", {"index": 1, "text": "<script>alert(1)</script>"})
+        yield None
+
+    async def collect():
+        return [message async for message in _page_events(events())]
+
+    delta, keepalive = asyncio.run(collect())
+    assert delta.data == "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert delta.event == "delta"
+    assert keepalive.comment == "keep-alive"
