@@ -124,7 +124,13 @@ class Scenario:
         self.clock._now = datetime.combine(
             month_of(self.clock.now()) + timedelta(days=32), datetime.min.time(), UTC
         ).replace(day=1) + timedelta(hours=self.clock.now().hour)
-        self.overdrawn.clear()
+        # A new month starts at 0 used; what runs in flight hold stays held.
+        self.overdrawn = {
+            user_id
+            for user_id in self.overdrawn
+            if user_row(self.session_factory, user_id).credits_reserved
+            > user_row(self.session_factory, user_id).monthly_credits
+        }
 
     def _used(self, user_id: uuid.UUID) -> int:
         user = user_row(self.session_factory, user_id)
