@@ -8,7 +8,7 @@ from typing import Any
 from litestar import Request, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api.auth import current_user_id
@@ -48,7 +48,7 @@ def list_keys(request: Request[Any, Any, State], user_id: NamedDependency[uuid.U
     summary="Create an API key",
 )
 def create_key(
-    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], data: CreateKeyBody
+    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], data: JSONBody[CreateKeyBody]
 ) -> CreatedKey:
     """Issue a key for the caller. The answer holds the key (`key`); it is never shown again."""
     with _state(request).session_factory.begin() as session:
