@@ -7,6 +7,7 @@ Screenshots of every page land in the test's temporary directory (`screenshots/`
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -141,8 +142,9 @@ def _no_horizontal_scroll(page: Page) -> bool:
     return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
 
 
-def test_sign_in_create_a_task_and_watch_its_run_finish_live(live_app, browser, make_account, shots):
+def test_sign_in_create_a_task_and_watch_its_run_finish_live(live_app, browser, make_account, shots, stub):
     account = make_account()
+    stub.streaming.piece_delay_s = 0.25  # answers stream piece by piece, as a model's do
     context, page = _page(browser)
     _sign_in(page, live_app, account.key)
     assert page.get_by_text("No tasks yet").is_visible()
@@ -160,6 +162,8 @@ def test_sign_in_create_a_task_and_watch_its_run_finish_live(live_app, browser, 
     page.wait_for_url("**/dashboard/runs/*")
     page.evaluate("window.__sameDocument = true")  # gone if the page were reloaded
     page.locator(".step").first.wait_for()  # steps appear while it runs...
+    page.locator("#live-output", has_text=re.compile(r"\w")).wait_for()  # ...an answer streams in
+    page.screenshot(path=shots / "run-live.png", full_page=True)
     seen_running = page.locator("#run-status").inner_text()
     page.locator("#run-status", has_text="completed").wait_for(timeout=60_000)  # ...and it ends, live
     assert page.evaluate("window.__sameDocument === true")
