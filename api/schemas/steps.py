@@ -22,6 +22,8 @@ class StepView(TypedDict):
     #: True when the server reported no usage and the tokens are estimated (4 characters a token).
     usageEstimated: bool
     latencyMs: int | None
+    #: Time the call waited before it was made: the provider budget (LLM_RPM/LLM_TPM) or a 429.
+    waitedMs: int
     startedAt: str
     finishedAt: str | None
     output: str | None
@@ -45,6 +47,7 @@ def step_view(step: RunStep) -> StepView:
         "cachedTokens": step.cached_tokens,
         "usageEstimated": step.usage_estimated,
         "latencyMs": step.latency_ms,
+        "waitedMs": step.waited_ms,
         "startedAt": iso(step.started_at),
         "finishedAt": iso(step.finished_at),
         "output": step.output,

@@ -256,3 +256,23 @@ def test_waiting_runs_and_429s_show_in_queue_stats_status_and_metrics(
     assert "agentsched_provider_rate_limited_today 1.0" in metrics
     provider.gate.set()
     wait_for_runs(session_factory, [first, *waiting], timeout_s=60)
+
+
+def test_plan_set_sets_the_plans_limit_or_the_one_given(make_account, session_factory, capsys):
+    from app.cli import build_parser
+    from app.cli.admin import run_admin
+
+    account = make_account(plan="free")
+
+    def limit() -> int:
+        with session_factory() as session:
+            return int(session.scalar(select(User.max_concurrent_runs).where(User.id == account.user_id)))
+
+    assert (
+        run_admin(build_parser().parse_args(["plan", "set", "--email", account.email, "--plan", "pro"])) == 0
+    )
+    assert limit() == 5
+    argv = ["plan", "set", "--email", account.email, "--plan", "pro", "--concurrency", "12"]
+    assert run_admin(build_parser().parse_args(argv)) == 0
+    assert limit() == 12
+    assert "may run 12 run(s) at once" in capsys.readouterr().out

@@ -96,6 +96,9 @@ def test_a_429_is_waited_out_as_its_headers_say_without_using_a_retry(
     assert plan.status == "completed"
     # The wait shows on the step (for a date, whatever was left of it when the 429 came).
     assert plan.waited_ms >= (at_least_s * 1000 - 10 if not_before_wall is None else 1)
+    steps = client.get(f"/api/runs/{run_id}/steps", headers=account.headers).json()["items"]
+    assert steps[0]["waitedMs"] == plan.waited_ms
+    assert all(step["waitedMs"] == 0 for step in steps[1:])
     assert plan.attempt == 1
 
 

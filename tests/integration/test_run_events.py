@@ -205,7 +205,8 @@ def test_the_steps_endpoint_lists_plan_steps_and_final_with_their_tokens(
     ]  # fmt: skip
     assert set(items[0]) == {
         "index", "kind", "title", "status", "attempt", "model", "promptTokens", "completionTokens",
-        "cachedTokens", "usageEstimated", "latencyMs", "startedAt", "finishedAt", "output", "error",
+        "cachedTokens", "usageEstimated", "latencyMs", "waitedMs", "startedAt", "finishedAt", "output",
+        "error",
     }  # fmt: skip
     assert all((s["promptTokens"], s["cachedTokens"], s["usageEstimated"]) == (30, 10, False) for s in items)
     assert (run["promptTokens"], run["completionTokens"], run["cachedTokens"], run["steps"]) == (
