@@ -92,22 +92,17 @@ def execute_run(env: RunEnvironment, run_id: uuid.UUID) -> Dispatch | None:
     attempt_s = time.perf_counter() - started_s
     for pause_s in (*RECORD_RETRY_PAUSES_S, None):
         try:
-            retry = _record(env, claimed, outcome)
+            return _record(env, claimed, outcome, attempt_s)
         except (OperationalError, InterfaceError):
             if pause_s is None:
                 raise  # Dramatiq redelivers; the claim waits for the lease to expire
             logger.warning("run %s: recording its outcome failed; trying again", run_id, exc_info=True)
             time.sleep(pause_s)
-            continue
-        metrics.record_attempt(
-            outcome.error_code, attempt_s, agent_type=claimed.agent_type, retried=retry is not None
-        )
-        return retry
     return None
 
 
-def _record(env: RunEnvironment, claimed: ClaimedRun, outcome: Outcome) -> Dispatch | None:
-    """Write the attempt's outcome: a retry for later, or the run's end."""
+def _record(env: RunEnvironment, claimed: ClaimedRun, outcome: Outcome, attempt_s: float) -> Dispatch | None:
+    """Write the attempt's outcome: a retry for later, or the run's end (counted once written)."""
     run_id = claimed.run_id
     now = env.clock.now()
     with env.session_factory.begin() as session:
@@ -126,10 +121,18 @@ def _record(env: RunEnvironment, claimed: ClaimedRun, outcome: Outcome) -> Dispa
                 outcome.error_message,
                 delay,
             )
-            return retry_later(session, claimed, outcome, delay_ms=delay, now=now)
+            retry = retry_later(session, claimed, outcome, delay_ms=delay, now=now)
+            if retry is not None:
+                metrics.record_attempt(
+                    outcome.error_code, attempt_s, agent_type=claimed.agent_type, retried=True
+                )
+            return retry
         if not finish(session, claimed, outcome, tokens_per_credit=env.settings.tokens_per_credit, now=now):
             logger.warning("run %s attempt %d lost its claim; outcome discarded", run_id, claimed.attempt)
         else:
+            metrics.record_attempt(
+                outcome.error_code, attempt_s, agent_type=claimed.agent_type, retried=False
+            )
             logger.debug(
                 "run %s %s after %d attempt(s)", run_id, outcome.error_code or "completed", claimed.attempt
             )

@@ -11,7 +11,9 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.errors import ProviderError
 from app.metrics_sharing import METRICS_KEY
+from app.providers.offline import OfflineProvider
 from app.services.stats import record_scheduler_heartbeat
 from tests.integration.conftest import wait_for_runs
 
@@ -175,3 +177,47 @@ def test_a_lost_hash_gets_the_whole_totals_of_live_processes_again(client, redis
     redis_client.delete(METRICS_KEY)  # as a Redis restarted without its data
     _, again = scrape(client)
     assert value(again, "agentsched_runs_total", status="failed", agent_type="lost_hash_probe") == 7
+
+
+class _FailsFirstCall(OfflineProvider):
+    """The offline provider, but its very first call fails retryably."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def complete(self, messages: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise ProviderError("the provider failed once (scripted)")
+        return super().complete(messages, **kwargs)
+
+
+def test_a_retried_attempt_and_a_failed_call_are_counted_apart_from_the_run(
+    client, make_account, start_worker, session_factory
+):
+    start_worker(threads=1, provider=_FailsFirstCall())
+    _, before = scrape(client)
+    created = client.post(
+        "/api/agent/execute",
+        json={"goal": "Try again", "agentType": "writer_agent", "async": True},
+        headers=make_account().headers,
+    ).json()
+    [run] = wait_for_runs(session_factory, [created["runId"]])
+    assert (run.status, run.attempts) == ("completed", 2)
+    deadline = time.monotonic() + 10
+    while True:
+        _, after = scrape(client)
+        done = value(after, "agentsched_runs_total", status="completed", agent_type="writer_agent")
+        if done > value(before, "agentsched_runs_total", status="completed", agent_type="writer_agent"):
+            break
+        assert time.monotonic() < deadline, "the run was never counted"
+        time.sleep(0.05)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("agentsched_runs_total", status="completed", agent_type="writer_agent") == 1
+    assert delta("agentsched_runs_total", status="failed", agent_type="writer_agent") == 0
+    assert delta("agentsched_run_duration_seconds_count", status="retrying") == 1
+    assert delta("agentsched_run_duration_seconds_count", status="completed") == 1
+    assert delta("agentsched_model_calls_total", outcome="error") == 1
