@@ -206,6 +206,8 @@ def run_scenario(
             LLM_BASE_URL=f"http://127.0.0.1:{port}/v1",
             LLM_API_KEY="x",
             LOG_LEVEL=args.log_level,
+            # the model server streams its answer over the delay when asked (the default)
+            LLM_STREAM="false" if args.no_stream else "true",
         )
         if concurrency_env != "unset":
             env["AGENT_WORKER_CONCURRENCY"] = concurrency_env
@@ -526,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=256)
     parser.add_argument("--delay", type=float, default=1.0, help="seconds the model takes per call")
+    parser.add_argument("--no-stream", action="store_true", help="LLM_STREAM=false: plain JSON answers")
     parser.add_argument("--users", type=int, default=1)
     parser.add_argument(
         "--concurrency-env",

@@ -4,7 +4,9 @@
 
 Every `POST /v1/chat/completions` is answered after `--delay` seconds, the way
 `tests/support/openai_stub.py` answers (a two-step plan when asked for a JSON array, else a
-short text), so an agent run makes the same four calls. `GET /stats` returns JSON counters:
+short text), so an agent run makes the same four calls. A request with `stream: true` is answered
+as server-sent events, its pieces spread evenly over the `--delay` (the usage chunk last, when
+`stream_options.include_usage` asks for it). `GET /stats` returns JSON counters:
 requests answered, requests in flight now and at most, connections open now and at most;
 `GET /arrivals` when each completion request arrived (seconds since the server started).
 It serves 127.0.0.1 only and holds thousands of keep-alive connections on one event loop.
@@ -114,14 +116,18 @@ async def _serve(
                 stats.in_flight += 1
                 stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
                 try:
-                    await asyncio.sleep(delay_s)
-                finally:
-                    stats.in_flight -= 1
-                try:
                     body = json.loads(raw)
                 except ValueError:
                     body = {}
-                writer.write(_response(200, _completion(body if isinstance(body, dict) else {})))
+                body = body if isinstance(body, dict) else {}
+                try:
+                    if body.get("stream") is True:
+                        await _stream(writer, body, delay_s)
+                    else:
+                        await asyncio.sleep(delay_s)
+                        writer.write(_response(200, _completion(body)))
+                finally:
+                    stats.in_flight -= 1
                 stats.answered += 1
             else:
                 writer.write(_response(404, b'{"error": {"message": "unknown path"}}', "Not Found"))
@@ -133,6 +139,33 @@ async def _serve(
     finally:
         stats.connections -= 1
         writer.close()
+
+
+async def _stream(writer: asyncio.StreamWriter, body: dict[str, Any], delay_s: float) -> None:
+    """The answer as SSE chunks (chunked HTTP/1.1), word by word over `delay_s`."""
+    words = [word + " " for word in _answer(body).split(" ")]
+    words[-1] = words[-1].rstrip()
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+    base = {
+        "id": f"chatcmpl-bench-{time.monotonic_ns()}",
+        "object": "chat.completion.chunk",
+        "model": "bench",
+    }
+
+    def event(payload: object) -> None:
+        data = f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n".encode()
+        writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+    for word in words:
+        await asyncio.sleep(delay_s / len(words))
+        event({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
+        await writer.drain()
+    event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+        event({**base, "choices": [], "usage": usage})
+    event("[DONE]")
+    writer.write(b"0\r\n\r\n")
 
 
 async def serve(port: int, delay_s: float) -> None:

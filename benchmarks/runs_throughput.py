@@ -68,6 +68,8 @@ FINISHED = ("completed", "failed", "cancelled", "skipped")
 PRIORITY = "medium"
 #: As in benchmarks/noop_actors.py (not imported here: importing it would replace the broker).
 NOOP_QUEUE = NOOP_ACTOR = "noop"
+#: As in benchmarks/statement_actors.py (the same-resource baseline).
+STATEMENTS_QUEUE, STATEMENTS_ACTOR = "statements", "same_statements"
 PROFILE_FOCUS = (
     "execute_run (app/services/execution.py",
     "_claim (app/services/execution.py",
@@ -178,6 +180,48 @@ def measure_noop(args: argparse.Namespace, logs: Path) -> Measurement:
     if result.finished < args.runs:
         result.notes.append(f"only {result.finished} of {args.runs} acked before the timeout")
     flush_redis()
+    return result
+
+
+def measure_same_statements(
+    args: argparse.Namespace, engine: Any, processes: int, threads: int, users: int, logs: Path
+) -> Measurement:
+    """The same-resource baseline: runs' own Postgres statements from a bare actor (raw psycopg)."""
+    import dramatiq
+
+    truncate_runs(engine)
+    flush_redis()
+    bench_users = create_users(engine, users)
+    run_ids = insert_queued_runs(engine, bench_users, args.runs, priority=PRIORITY)
+    broker = dramatiq.get_broker()
+    started = time.perf_counter()
+    for run_id in run_ids:
+        broker.enqueue(
+            dramatiq.Message(
+                queue_name=STATEMENTS_QUEUE,
+                actor_name=STATEMENTS_ACTOR,
+                args=(str(run_id),),
+                kwargs={},
+                options={},
+            )
+        )
+    result = Measurement(
+        f"bare actor, the runs' 11 statements (raw psycopg) {processes}x{threads}, {users} user(s)", args.runs
+    )
+    result.enqueue_s = time.perf_counter() - started
+    tag = f"statements-{processes}x{threads}-u{users}"
+    with children() as started_children:
+        worker = dramatiq_worker(
+            "benchmarks.statement_actors", processes, threads, _worker_env(args), logs / f"worker-{tag}.log"
+        )
+        started_children.append(worker.start())
+        samples, consumers = _poll_runs(args, engine, worker, result, logs / f"py-spy-{tag}.txt")
+        result.peak_rss_mb = max((peak_rss_mb(pid) for pid in worker_pids(worker.pid)), default=0.0)
+    _check_intruders(result, consumers, processes)
+    result.statuses = run_status_counts(engine)
+    result.finished = sum(result.statuses.get(s, 0) for s in FINISHED)
+    result.rate_first_to_last, result.rate_steady = _rates(samples, args.runs)
+    _db_figures(engine, result)
     return result
 
 
@@ -403,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline-config", type=_config, default=(2, 8), help="no-op worker processes x threads"
     )
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--skip-same-resource", action="store_true", help="skip the bare actor making the runs' statements"
+    )
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between run-count polls")
     parser.add_argument(
         "--baseline-poll", type=float, default=0.1, help="seconds between queue polls (baseline)"
@@ -459,9 +506,19 @@ def _run(args: argparse.Namespace) -> int:
             _print_measurement(baseline, None)
         for users in user_counts:
             for processes, threads in configs:
+                same = None
+                if not args.skip_same_resource:
+                    same = measure_same_statements(args, engine, processes, threads, users, logs)
+                    results.append(same)
+                    _print_measurement(same, baseline)
                 result = measure_runs(args, engine, processes, threads, users, logs)
                 results.append(result)
                 _print_measurement(result, baseline)
+                if same is not None and same.rate_steady:
+                    print(
+                        f"   = {100 * result.rate_steady / same.rate_steady:.0f}% of the same-resource "
+                        f"baseline ({same.rate_steady:,.0f}/s); goal >= 60%"
+                    )
     finally:
         engine.dispose()
         flush_redis()
