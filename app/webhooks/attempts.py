@@ -6,8 +6,8 @@ attempt number fences the outcome: an attempt whose lease expired (its sender pr
 cannot overwrite a newer one. Outcomes (CONTRACT "Webhooks"):
 
 * 2xx: delivered.
-* 410 Gone: failed, the task's webhook disabled, and the URL's other pending deliveries of
-  that task failed too (no more retries for it).
+* 410 Gone: failed, the task's webhook disabled, and the user's other pending deliveries to
+  that URL failed too (no more retries for it).
 * the host now resolves to a forbidden address: failed, `forbidden_address`.
 * anything else (non-2xx, timeout, connection error, no signing secret yet): another attempt
   after an exponential, jittered backoff, while the event is younger than WEBHOOK_RETRY_HOURS;
@@ -119,7 +119,7 @@ _FAILED = text(
     """
 )
 
-# 410 Gone: this delivery and every other pending one of the task to that URL fail, and the
+# 410 Gone: this delivery and every other pending one of the user to that URL fail, and the
 # task's webhook is disabled (while it still points there), in one statement.
 _GONE = text(
     """
@@ -128,12 +128,12 @@ _GONE = text(
            SET status = 'failed', last_status_code = 410, last_error = :error,
                next_attempt_at = NULL, lease_expires_at = NULL
          WHERE id = :id AND attempts = :attempt AND status = 'pending'
-        RETURNING task_id, url
+        RETURNING task_id, user_id, url
     ), others AS (
         UPDATE webhook_deliveries AS d
            SET status = 'failed', last_error = :others_error, next_attempt_at = NULL
           FROM this
-         WHERE d.task_id = this.task_id AND d.url = this.url AND d.status = 'pending' AND d.id <> :id
+         WHERE d.user_id = this.user_id AND d.url = this.url AND d.status = 'pending' AND d.id <> :id
     )
     UPDATE tasks AS t SET webhook_disabled_at = :now
       FROM this
@@ -197,7 +197,12 @@ def attempt_delivery(env: DeliveryEnvironment, delivery_id: uuid.UUID) -> Pendin
         record_webhook_attempt("gone", result.elapsed_s, delivered_after_s=None)
         return None
     return _retry_or_fail(
-        env, claimed, result.status_code, result.error or "failed", request_s=result.elapsed_s
+        env,
+        claimed,
+        result.status_code,
+        result.error or "failed",
+        request_s=result.elapsed_s,
+        retry_after_s=result.retry_after_s,
     )
 
 
@@ -211,7 +216,13 @@ def _body(claimed: Row[Any]) -> str:
 
 
 def _retry_or_fail(
-    env: DeliveryEnvironment, claimed: Row[Any], code: int | None, error: str, *, request_s: float | None
+    env: DeliveryEnvironment,
+    claimed: Row[Any],
+    code: int | None,
+    error: str,
+    *,
+    request_s: float | None,
+    retry_after_s: float | None = None,
 ) -> PendingDelivery | None:
     now = env.clock.now()
     delay = backoff_ms(
@@ -219,6 +230,8 @@ def _retry_or_fail(
         min_ms=env.settings.webhook_min_backoff_ms,
         max_ms=env.settings.webhook_max_backoff_ms,
     )
+    if retry_after_s is not None:  # the receiver asked for a pause (429, 503): at least that
+        delay = max(delay, min(int(retry_after_s * 1000), env.settings.webhook_max_backoff_ms))
     next_at = now + timedelta(milliseconds=delay)
     if next_at > claimed.occurred_at + timedelta(hours=env.settings.webhook_retry_hours):
         logger.info(

@@ -30,6 +30,8 @@ class SendResult:
     status_code: int | None
     error: str | None
     elapsed_s: float
+    #: The answer's `Retry-After`, in seconds, when it gave one (429, 503).
+    retry_after_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -94,6 +96,7 @@ def post(
         answer = connection.getresponse()
         preview = answer.read(ANSWER_PREVIEW_BYTES)
         status = answer.status
+        retry_after = _seconds(answer.getheader("Retry-After"))
     except (OSError, http.client.HTTPException) as exc:
         elapsed = time.monotonic() - started
         if isinstance(exc, TimeoutError) or elapsed >= timeout_s:
@@ -106,4 +109,11 @@ def post(
     if 200 <= status < 300:
         return SendResult(status, None, elapsed)
     text = preview.decode(errors="replace").strip()
-    return SendResult(status, f"HTTP {status}" + (f": {text}" if text else ""), elapsed)
+    return SendResult(status, f"HTTP {status}" + (f": {text}" if text else ""), elapsed, retry_after)
+
+
+def _seconds(value: str | None) -> float | None:
+    """A `Retry-After` in seconds (the delay form; an HTTP date is ignored)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())

@@ -34,9 +34,14 @@ class Receiver:
     script: list[int | str] = field(default_factory=list)
     default: int = 200
     hang_s: float = 5.0
+    #: Extra headers sent with an answer of that status (e.g. {503: {"Retry-After": "2"}}).
+    headers_for: dict[int, dict[str, str]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
+    #: Requests being answered now, and the most there ever were at once.
+    in_flight: int = 0
+    max_in_flight: int = 0
 
     @property
     def url(self) -> str:
@@ -74,6 +79,16 @@ class Receiver:
 def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
+            with receiver.lock:
+                receiver.in_flight += 1
+                receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
+            try:
+                self._answer()
+            finally:
+                with receiver.lock:
+                    receiver.in_flight -= 1
+
+        def _answer(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {k.lower(): v for k, v in self.headers.items()}
             verified, payload = receiver.verify(body, headers)
@@ -85,6 +100,8 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             assert isinstance(answer, int)
             receiver.record(Received(time.monotonic(), self.path, headers, body, verified, payload, answer))
             self.send_response(answer)
+            for name, value in receiver.headers_for.get(answer, {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"ok")
