@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     webhook_max_backoff_ms: int = Field(default=3_600_000, ge=1)
     #: Deliveries sent at once per worker process (the rest wait in Redis, holding no thread).
     webhook_concurrency: int = Field(default=4, ge=1, le=256)
+    #: Fernet key(s), comma-separated, that encrypt users' signing secrets at rest (the first
+    #: encrypts, each decrypts); unset: stored as is (app.webhooks.secret_store).
+    webhook_secrets_key: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -131,6 +134,21 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown IANA timezone {value!r}") from exc
         return value
+
+    @field_validator("webhook_secrets_key")
+    @classmethod
+    def _check_webhook_secrets_key(cls, value: SecretStr | None) -> SecretStr | None:
+        from app.webhooks.secret_store import check_key_setting
+
+        try:
+            check_key_setting(value.get_secret_value() if value else None)
+        except ConfigurationError as exc:
+            raise ValueError(exc.message.removeprefix("WEBHOOK_SECRETS_KEY: ")) from None
+        return value
+
+    @property
+    def webhook_secrets_key_value(self) -> str | None:
+        return self.webhook_secrets_key.get_secret_value() if self.webhook_secrets_key else None
 
     @field_validator("llm_base_url")
     @classmethod

@@ -96,5 +96,7 @@ def rotate_webhook_secret(request: Request[Any, Any, State], user: NamedDependen
 
     state = state_of(request)
     with state.session_factory.begin() as session:
-        secret = rotate_secret(session, user.user_id, state.clock.now())
+        secret = rotate_secret(
+            session, user.user_id, state.clock.now(), key_setting=state.settings.webhook_secrets_key_value
+        )
     return page("account.html", _context(state, user, new_secret=secret), status_code=201)

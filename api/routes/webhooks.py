@@ -35,7 +35,9 @@ def create_webhook_secret(
     the old secret signs alongside the new one for 24 h."""
     state: ApiState = request.app.state.api
     with state.session_factory.begin() as session:
-        secret = rotate_secret(session, user_id, state.clock.now())
+        secret = rotate_secret(
+            session, user_id, state.clock.now(), key_setting=state.settings.webhook_secrets_key_value
+        )
     return Response({"secret": secret}, status_code=201)
 
 

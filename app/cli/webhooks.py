@@ -28,12 +28,15 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    engine = make_engine(get_settings(), pool_size=1)
+    settings = get_settings()
+    engine = make_engine(settings, pool_size=1)
     try:
         with make_session_factory(engine).begin() as session:
             if args.action == "secret":
                 user = get_user_by_email(session, args.email)
-                secret = rotate_secret(session, user.id, SYSTEM_CLOCK.now())
+                secret = rotate_secret(
+                    session, user.id, SYSTEM_CLOCK.now(), key_setting=settings.webhook_secrets_key_value
+                )
                 print(f"webhook signing secret for {user.email} (shown once, store it now):")
                 print(secret)
             else:

@@ -36,10 +36,11 @@ class User(Base):
     max_concurrent_runs: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
     #: Runs of this user now `running`; kept by triggers on task_runs (migration 0006).
     running_runs: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    #: Webhook signing secret (`whsec_...`), stored as is: it must be usable for HMAC signing.
-    webhook_secret: Mapped[str | None] = mapped_column(String(64))
+    #: Webhook signing secret (`whsec_...`), encrypted with WEBHOOK_SECRETS_KEY when set, else as is
+    #: (signing needs the secret itself: app.webhooks.secret_store).
+    webhook_secret: Mapped[str | None] = mapped_column(String(255))
     #: The secret before the last rotation, which also signs until `webhook_secret_previous_until`.
-    webhook_secret_previous: Mapped[str | None] = mapped_column(String(64))
+    webhook_secret_previous: Mapped[str | None] = mapped_column(String(255))
     webhook_secret_previous_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: May open the dashboard's operations page (`agentsched users admin --email E`).
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))

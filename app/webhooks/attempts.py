@@ -40,6 +40,7 @@ from app.webhooks.addresses import (
 )
 from app.webhooks.outbox import PendingDelivery
 from app.webhooks.payload import event_body
+from app.webhooks.secret_store import SecretUnavailable
 from app.webhooks.signing import signature_header, signing_secrets
 
 logger = logging.getLogger(__name__)
@@ -153,9 +154,16 @@ def attempt_delivery(env: DeliveryEnvironment, delivery_id: uuid.UUID) -> Pendin
         logger.debug("webhook delivery %s: nothing to send (duplicate message or not due)", delivery_id)
         return None
     body = _body(claimed)
-    secrets = signing_secrets(
-        claimed.webhook_secret, claimed.webhook_secret_previous, claimed.webhook_secret_previous_until, now
-    )
+    try:
+        secrets = signing_secrets(
+            claimed.webhook_secret,
+            claimed.webhook_secret_previous,
+            claimed.webhook_secret_previous_until,
+            now,
+            key_setting=env.settings.webhook_secrets_key_value,
+        )
+    except SecretUnavailable as exc:
+        return _retry_or_fail(env, claimed, None, exc.message, request_s=None)
     if not secrets:
         return _retry_or_fail(env, claimed, None, NO_SECRET_ERROR, request_s=None)
     try:

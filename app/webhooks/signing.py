@@ -5,8 +5,9 @@ with the secret's decoded bytes (Standard Webhooks, symmetric scheme). After a r
 previous secret signs too, for `ROTATION_OVERLAP`: the header then carries two signatures,
 space-separated, and a receiver that still has the old secret keeps verifying.
 
-The secret is stored as is in `users.webhook_secret` (HMAC needs the secret itself, so a hash
-would not do); it is shown to its user once, when created.
+HMAC needs the secret itself, so a hash would not do: `users.webhook_secret` holds it encrypted
+with WEBHOOK_SECRETS_KEY when that is set, else as is (`secret_store`). It is shown to its user
+once, when created.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import NotFound
 from app.models import User
+from app.webhooks.secret_store import reveal, seal
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
@@ -50,8 +52,12 @@ def signature_header(signing_secrets: Sequence[str], msg_id: str, timestamp: int
     return " ".join(signature(secret, msg_id, timestamp, body) for secret in signing_secrets)
 
 
-def rotate_secret(session: Session, user_id: uuid.UUID, now: datetime) -> str:
-    """Create the user's secret, or replace it (the old one signs for 24 h more). Shown once."""
+def rotate_secret(
+    session: Session, user_id: uuid.UUID, now: datetime, *, key_setting: str | None = None
+) -> str:
+    """Create the user's secret, or replace it (the old one signs for 24 h more). Shown once.
+
+    `key_setting` is WEBHOOK_SECRETS_KEY (`Settings.webhook_secrets_key_value`)."""
     user = session.scalar(select(User).where(User.id == user_id).with_for_update())
     if user is None:
         raise NotFound("user not found")
@@ -59,17 +65,22 @@ def rotate_secret(session: Session, user_id: uuid.UUID, now: datetime) -> str:
     if user.webhook_secret is not None:
         user.webhook_secret_previous = user.webhook_secret
         user.webhook_secret_previous_until = now + ROTATION_OVERLAP
-    user.webhook_secret = secret
+    user.webhook_secret = seal(secret, key_setting)
     session.flush()
     return secret
 
 
 def signing_secrets(
-    current: str | None, previous: str | None, previous_until: datetime | None, now: datetime
+    current: str | None,
+    previous: str | None,
+    previous_until: datetime | None,
+    now: datetime,
+    *,
+    key_setting: str | None = None,
 ) -> list[str]:
-    """The secrets that sign a delivery at `now`: the current one, and the previous one while
-    its overlap lasts."""
+    """The secrets that sign a delivery at `now` (from their stored forms): the current one,
+    and the previous one while its overlap lasts. `SecretUnavailable` when one cannot be opened."""
     found = [current] if current else []
     if previous and previous_until is not None and now < previous_until:
         found.append(previous)
-    return found
+    return [secret for secret in (reveal(stored, key_setting) for stored in found) if secret]

@@ -23,8 +23,8 @@ def upgrade() -> None:
     op.add_column("tasks", sa.Column("webhook_url", sa.String(length=2000), nullable=True))
     op.add_column("tasks", sa.Column("webhook_events", postgresql.ARRAY(sa.String(length=32)), nullable=True))
     op.add_column("tasks", sa.Column("webhook_disabled_at", sa.DateTime(timezone=True), nullable=True))
-    op.add_column("users", sa.Column("webhook_secret", sa.String(length=64), nullable=True))
-    op.add_column("users", sa.Column("webhook_secret_previous", sa.String(length=64), nullable=True))
+    op.add_column("users", sa.Column("webhook_secret", sa.String(length=255), nullable=True))
+    op.add_column("users", sa.Column("webhook_secret_previous", sa.String(length=255), nullable=True))
     op.add_column(
         "users", sa.Column("webhook_secret_previous_until", sa.DateTime(timezone=True), nullable=True)
     )

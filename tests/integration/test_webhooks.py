@@ -367,3 +367,27 @@ def test_a_retry_after_answer_is_waited_for(hook_client, make_account, receiver,
     first, second = receiver.wait_for(2)
     assert second.at - first.at >= 1.9
     assert second.answered == 200
+
+
+def test_with_webhook_secrets_key_the_secret_is_encrypted_at_rest_and_still_signs(
+    make_account, receiver, start_worker, session_factory
+):
+    from cryptography.fernet import Fernet
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+    from app.models import User
+
+    settings = webhook_settings(webhook_secrets_key=Fernet.generate_key().decode())
+    with TestClient(create_app(settings)) as client:
+        account = make_account()
+        secret = new_secret(client, account)
+        with session_factory() as session:
+            stored = session.get(User, account.user_id).webhook_secret
+        assert stored.startswith("fernet:")
+        assert secret not in stored
+        receiver.secrets = [secret]
+        execute(client, account, {"url": receiver.url})
+        start_worker(run_settings=settings)
+        [got] = receiver.wait_for(1)
+        assert got.verified_with == [secret]

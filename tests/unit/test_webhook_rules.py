@@ -176,3 +176,31 @@ def test_a_result_over_64_kb_is_truncated_in_the_payload_with_a_flag():
     run.result = "short"
     assert json.loads(event_body("run.completed", run.finished_at, run))["data"]["resultTruncated"] is False
     assert truncate_utf8("aé", 2) == ("a", True)
+
+
+def test_secrets_are_sealed_with_the_configured_key_and_the_key_can_rotate():
+    from cryptography.fernet import Fernet
+
+    from app.webhooks.secret_store import SecretUnavailable, reveal, seal
+
+    secret, old_key, new_key = new_secret(), Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    assert seal(secret, None) == secret  # no key: stored as is
+    assert reveal(secret, old_key) == secret
+    stored = seal(secret, old_key)
+    assert stored.startswith("fernet:")
+    assert secret not in stored
+    assert reveal(stored, old_key) == secret
+    assert reveal(stored, f"{new_key},{old_key}") == secret  # rotated: the old key still opens it
+    assert reveal(seal(secret, f"{new_key},{old_key}"), new_key) == secret  # the first key seals
+    with pytest.raises(SecretUnavailable):
+        reveal(stored, new_key)
+    with pytest.raises(SecretUnavailable):
+        reveal(stored, None)
+
+
+def test_a_wrong_webhook_secrets_key_stops_the_process_naming_it():
+    from app.errors import ConfigurationError
+    from app.settings import load_settings
+
+    with pytest.raises(ConfigurationError, match="WEBHOOK_SECRETS_KEY"):
+        load_settings(webhook_secrets_key="not-a-key")
