@@ -27,7 +27,7 @@ from app.agents.steps import ModelCall
 
 logger = logging.getLogger(__name__)
 
-DELTA_FLUSH_S = 0.1
+DELTA_FLUSH_S = 0.25
 DELTA_STREAM_MAXLEN = 5_000
 DELTA_TTL_S = 3_600
 
