@@ -10,6 +10,7 @@ import anyio
 from litestar import Request, Response, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody
 
 from api.auth import current_user_id
 from api.idempotency import idempotent
@@ -46,7 +47,7 @@ def _create(state: ApiState, user_id: uuid.UUID, request: ExecuteRequest) -> Cre
     },
 )
 async def execute(
-    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], data: ExecuteBody
+    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], data: JSONBody[ExecuteBody]
 ) -> Response[Any]:
     """Create a task. Scheduled: 201. Async: 202 with the queued run. Otherwise wait for it.
 

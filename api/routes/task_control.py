@@ -10,7 +10,7 @@ import anyio
 from litestar import Request, Response, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 
 from api.auth import current_user_id
 from api.idempotency import idempotent
@@ -36,7 +36,7 @@ async def update_task(
     request: Request[Any, Any, State],
     user_id: NamedDependency[uuid.UUID],
     task_id: FromPath[uuid.UUID],
-    data: TaskPatchBody,
+    data: JSONBody[TaskPatchBody],
 ) -> TaskView:
     """Change title, priority or schedule (enabled false pauses, true resumes)."""
     state: ApiState = request.app.state.api
