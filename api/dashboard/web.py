@@ -143,6 +143,8 @@ def signed_in(request: Request[Any, Any, State]) -> SignedIn:
     with state.session_factory() as session:
         user = dashboard_sessions.resolve(session, token, state.clock.now())
     if user is None:
+        with state.session_factory.begin() as session:  # expired or its key revoked: gone for good
+            dashboard_sessions.sign_out(session, token)
         raise SignInRequired("your session has ended; sign in again")
     return user
 

@@ -88,5 +88,14 @@ def end_sessions_of_key(session: Session, api_key_id: uuid.UUID) -> int:
 
 
 def purge_expired(session: Session, now: datetime) -> int:
-    result = session.execute(delete(DashboardSession).where(DashboardSession.expires_at <= now))
+    """Delete sessions that have expired or whose key has been revoked."""
+    result = session.execute(
+        text(
+            """
+            DELETE FROM dashboard_sessions AS s USING api_keys AS k
+             WHERE k.id = s.api_key_id AND (s.expires_at <= :now OR k.revoked_at IS NOT NULL)
+            """
+        ),
+        {"now": now},
+    )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -183,6 +183,8 @@ def test_a_key_revoked_elsewhere_ends_its_sessions_at_the_next_request(client, m
     response = client.get("/dashboard/tasks", follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"] == "/dashboard/sign-in?ended=revoked"
+    with session_factory() as session:
+        assert session.scalars(select(DashboardSession)).first() is None  # its row is gone too
 
 
 def test_forms_without_a_valid_csrf_token_are_refused(client, make_account, owner_and_stranger):
