@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, text
@@ -276,3 +277,50 @@ def test_plan_set_sets_the_plans_limit_or_the_one_given(make_account, session_fa
     assert run_admin(build_parser().parse_args(argv)) == 0
     assert limit() == 12
     assert "may run 12 run(s) at once" in capsys.readouterr().out
+
+
+def test_a_scheduled_runs_waiting_for_a_slot_still_makes_the_next_slot_skipped(
+    client, make_account, start_worker, session_factory
+):
+    from actors.sending import send_dispatches
+    from app.clock import SYSTEM_CLOCK
+    from app.services.scheduling import run_scheduling_pass
+
+    account = make_account()
+    _set_limit(session_factory, account.user_id, 0)  # nothing of this user may start
+    body = {
+        "goal": "Check the prices",
+        "agentType": "research_agent",
+        "schedule": {"enabled": True, "cron": "* * * * *", "timezone": "UTC"},
+    }
+    task_id = client.post("/api/agent/execute", json=body, headers=account.headers).json()["taskId"]
+
+    def due_pass(minutes_later: int = 0) -> None:
+        with session_factory.begin() as session:
+            session.execute(
+                text("UPDATE tasks SET next_run_at = now() - interval '1 minute' WHERE id = :id"),
+                {"id": uuid.UUID(task_id)},
+            )
+        run_scheduling_pass(
+            session_factory,
+            now=SYSTEM_CLOCK.now() + timedelta(minutes=minutes_later),
+            send=lambda d: send_dispatches(session_factory, d, SYSTEM_CLOCK),
+        )
+
+    due_pass()
+    start_worker(threads=1, provider=PacedProvider())
+    with session_factory() as session:
+        (first,) = session.scalars(select(TaskRun.id).where(TaskRun.task_id == uuid.UUID(task_id))).all()
+    deadline = time.monotonic() + 30
+    while _run_row(session_factory, str(first)).parked_at is None:
+        assert time.monotonic() < deadline, "the run was never parked"
+        time.sleep(0.05)
+    due_pass(minutes_later=1)  # the next slot, while the first run still waits
+    with session_factory() as session:
+        statuses = dict(
+            session.execute(
+                select(TaskRun.id, TaskRun.status).where(TaskRun.task_id == uuid.UUID(task_id))
+            ).all()
+        )
+    assert statuses[first] == "queued"
+    assert sorted(statuses.values()) == ["queued", "skipped"]
