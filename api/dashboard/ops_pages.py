@@ -10,6 +10,7 @@ import dramatiq
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery
 from litestar.response import Template
 
 from api.dashboard.charts import lateness_bars, stacked_bars
@@ -49,7 +50,7 @@ def _context(state: ApiState, user: SignedIn, error_code: str | None, **extra: A
 
 @get(f"{BASE_PATH}/operations", dependencies=ADMIN, sync_to_thread=True, include_in_schema=False)
 def operations_page(
-    request: Request[Any, Any, State], user: NamedDependency[SignedIn], code: str | None = None
+    request: Request[Any, Any, State], user: NamedDependency[SignedIn], code: FromQuery[str | None] = None
 ) -> Template:
     """The page; its `#ops-live` fragment refreshes itself every 15 s."""
     context = _context(state_of(request), user, code or None)

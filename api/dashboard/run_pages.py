@@ -10,7 +10,7 @@ import anyio
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, ServerSentEvent, Template
 from litestar.response.sse import ServerSentEventMessage
 from markupsafe import escape
@@ -65,7 +65,7 @@ async def run_events(
     request: Request[Any, Any, State],
     user: NamedDependency[SignedIn],
     run_id: FromPath[uuid.UUID],
-    after: str | None = None,
+    after: FromQuery[str | None] = None,
 ) -> ServerSentEvent:
     """The run events stream (app.services.run_stream), as the page uses it: `changed` when the
     run's status or a step changes (the page then re-reads its body), `delta` with the streamed

@@ -7,6 +7,7 @@ from typing import Any
 import anyio
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 
 from api.dashboard.render import page
@@ -31,7 +32,7 @@ async def dashboard_root() -> Redirect:
 
 @get(f"{BASE_PATH}/sign-in", include_in_schema=False)
 async def sign_in_form(
-    request: Request[Any, Any, State], next: str | None = None, ended: str | None = None
+    request: Request[Any, Any, State], next: FromQuery[str | None] = None, ended: FromQuery[str | None] = None
 ) -> Template:
     notice = {
         "revoked": "Your session ended: its API key was revoked, or it expired. Sign in again.",

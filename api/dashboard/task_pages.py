@@ -10,7 +10,7 @@ import anyio
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from api.dashboard.render import is_fragment_request, page
@@ -43,9 +43,9 @@ FORM_FIELDS = {
 def tasks_list(
     request: Request[Any, Any, State],
     user: NamedDependency[SignedIn],
-    status: str | None = None,
-    q: str | None = None,
-    cursor: str | None = None,
+    status: FromQuery[str | None] = None,
+    q: FromQuery[str | None] = None,
+    cursor: FromQuery[str | None] = None,
 ) -> Template:
     """The user's tasks; the `#task-list` fragment for htmx filtering and paging."""
     state = state_of(request)
@@ -86,8 +86,8 @@ async def new_task_form(request: Request[Any, Any, State], user: NamedDependency
 async def schedule_preview(
     request: Request[Any, Any, State],
     user: NamedDependency[SignedIn],
-    cron: str | None = None,
-    timezone: str | None = None,
+    cron: FromQuery[str | None] = None,
+    timezone: FromQuery[str | None] = None,
 ) -> Template:
     """The next five fire times of an expression (the `#schedule-preview` fragment)."""
     state = state_of(request)
@@ -171,7 +171,7 @@ def task_page(
     request: Request[Any, Any, State],
     user: NamedDependency[SignedIn],
     task_id: FromPath[uuid.UUID],
-    cursor: str | None = None,
+    cursor: FromQuery[str | None] = None,
 ) -> Template:
     """A task: schedule, next fires, runs, actions; the `#task-runs` fragment for paging."""
     state = state_of(request)
