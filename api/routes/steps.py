@@ -59,6 +59,7 @@ def get_run_steps(
 @get(
     "/api/runs/{run_id:uuid}/events",
     dependencies=USER,
+    media_type="text/event-stream",
     security=API_KEY_SECURITY,
     responses=errors(401, 404, 429, 503),
 )
