@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy import and_, or_, select, text
 from sqlalchemy.orm import Session
 
 from app.cron import next_fires, parse_schedule
@@ -183,17 +183,14 @@ class AccountView:
 
 
 def account(session: Session, user_id: uuid.UUID) -> AccountView:
-    """The user, their keys (newest first) and how many of their runs run now (three queries)."""
+    """The user and their keys, newest first (two queries; `running_runs` is kept on the user)."""
     user = session.get(User, user_id)
     if user is None:
         raise NotFound("user not found")
     keys = list(
         session.scalars(select(ApiKey).where(ApiKey.user_id == user_id).order_by(ApiKey.created_at.desc()))
     )
-    running = session.scalar(
-        select(func.count()).where(TaskRun.user_id == user_id, TaskRun.status == RunStatus.RUNNING.value)
-    )
-    return AccountView(user, keys, int(running or 0))
+    return AccountView(user, keys, int(user.running_runs))
 
 
 # -- operations (every user)
