@@ -15,7 +15,15 @@ import swagger_ui_bundle  # type: ignore[import-untyped]  # (no type hints shipp
 from litestar import Router
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import Components, OpenAPI, Parameter, PathItem, Schema, SecurityScheme
+from litestar.openapi.spec import (
+    Components,
+    OpenAPI,
+    Parameter,
+    PathItem,
+    Reference,
+    Schema,
+    SecurityScheme,
+)
 from litestar.plugins.pydantic import PydanticSchemaPlugin
 from litestar.static_files import create_static_files_router
 from litestar.typing import FieldDefinition
@@ -66,6 +74,11 @@ def _constraints_of(field: Any) -> dict[str, Any]:
             value = getattr(meta, name, None)
             if value is not None:
                 found.setdefault(name, value)
+        extra = getattr(meta, "json_schema_extra", None)
+        if isinstance(extra, dict):
+            for name in ("enum", "format"):
+                if name in extra:
+                    found.setdefault(name, extra[name])
     return found
 
 
@@ -75,6 +88,8 @@ def _complete_property(prop: Schema, constraints: Mapping[str, Any]) -> None:
         if not isinstance(part, Schema):
             continue
         if part.type == "string":
+            part.enum = constraints.get("enum", part.enum)
+            part.format = constraints.get("format", part.format)
             part.pattern = constraints.get("pattern", part.pattern)
             part.min_length = constraints.get("min_length", part.min_length)
             part.max_length = constraints.get("max_length", part.max_length)
@@ -103,19 +118,31 @@ class ClosedModelsSchemaPlugin(PydanticSchemaPlugin):
         return schema
 
 
-def _allow_empty_optional_queries(paths: Mapping[str, PathItem]) -> None:
-    # api.query drops `name=` from query strings (empty counts as unset), so a parameter that
-    # may be omitted may also be sent empty: `allowEmptyValue` says so.
+def _complete_paths(paths: Mapping[str, PathItem]) -> None:
+    """What Litestar cannot be told per operation.
+
+    - api.query drops `name=` from query strings (empty counts as unset), so a parameter that
+      may be omitted may also be sent empty: `allowEmptyValue` says so.
+    - The 400 Litestar adds to every operation with parameters is in our error body.
+    """
+    error_body = Reference(ref="#/components/schemas/ErrorBody")
     for item in paths.values():
         for method in ("get", "put", "post", "delete", "patch"):
             operation = getattr(item, method, None)
-            for parameter in (operation.parameters or []) if operation else []:
+            if operation is None:
+                continue
+            for parameter in operation.parameters or []:
                 if (
                     isinstance(parameter, Parameter)
                     and parameter.param_in == "query"
                     and not parameter.required
                 ):
                     parameter.allow_empty_value = True
+            bad_request = (operation.responses or {}).get("400")
+            for media in (getattr(bad_request, "content", None) or {}).values():
+                if isinstance(media.schema, Schema) and "status_code" in (media.schema.properties or {}):
+                    media.schema = error_body
+                    bad_request.description = ERROR_DESCRIPTIONS[400]  # type: ignore[union-attr]
 
 
 @dataclass
@@ -125,7 +152,7 @@ class _Document(OpenAPI):
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
         if name == "paths" and value:
-            _allow_empty_optional_queries(value)
+            _complete_paths(value)
 
 
 @dataclass
