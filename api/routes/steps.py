@@ -21,7 +21,7 @@ from api.schemas.steps import StepsPage, step_view
 from api.schemas.views import run_view
 from api.state import ApiState
 from app.services import tasks
-from app.services.run_steps import list_steps, steps_after
+from app.services.run_steps import list_steps, steps_after, watch_run
 from app.services.run_stream import RunEvent, Snapshot, parse_event_id, run_events
 
 USER = {"user_id": Provide(current_user_id, sync_to_thread=True)}
@@ -73,6 +73,10 @@ async def get_run_events(
     state = _state(request)
 
     def read(after_seq: int) -> Snapshot:
+        # First mark the run watched (its writes notify from then on), then read it: a write
+        # either notifies or is in what is read.
+        with state.session_factory.begin() as session:
+            watch_run(session, user_id, run_id, state.clock.now())
         with state.session_factory() as session:
             run = tasks.get_run(session, user_id, run_id)
             return Snapshot(run, list(steps_after(session, run_id, after_seq)))

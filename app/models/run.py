@@ -109,6 +109,8 @@ class TaskRun(Base):
     #: and the number of its last status change; the live event stream is ordered by them.
     event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     status_seq: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: A live event stream watches the run until then: its writes notify (app.services.run_steps).
+    watched_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     result: Mapped[str | None] = mapped_column(Text)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     #: The error of each attempt that was retried, in order: [{attempt, error, at}] (migration 0008);

@@ -50,12 +50,12 @@ _HAND_BACK = text(
                not_before = NULL, message_sent_at = NULL, message_id = NULL,
                event_seq = event_seq + 1, status_seq = event_seq + 1
          WHERE id = :run_id AND status = 'running' AND attempts = :attempt
-        RETURNING id, task_id, priority
+        RETURNING id, task_id, priority, watched_until > :now AS watched
     ), task_follows AS (
         UPDATE tasks SET status = 'queued', updated_at = :now
          WHERE id = (SELECT task_id FROM handed) AND cron IS NULL AND status = 'running'
     )
-    SELECT priority, pg_notify(:channel, CAST(id AS text)) FROM handed
+    SELECT priority, CASE WHEN watched THEN pg_notify(:channel, CAST(id AS text)) END FROM handed
     """
 )
 

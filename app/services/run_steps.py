@@ -4,8 +4,12 @@ Each write is one short autocommit statement; none is held across a model call. 
 fenced on the attempt: it bumps the run's `event_seq` only while the run is `running` under this
 attempt number, in the same statement (the UPDATE waits for a concurrent claim's row lock, then
 re-checks), so a worker that comes back from a pause cannot overwrite a newer attempt's steps.
-The write takes the run's next event number, stores it on the step (`seq`), and notifies the
-run-events channel, which the API's one listener fans out to live event streams.
+The write takes the run's next event number, stores it on the step (`seq`), and, while someone
+watches the run (`watched_until`, set by the API's event stream), notifies the run-events
+channel, which the API's one listener fans out to live event streams. Only watched runs notify:
+Postgres serializes the commits of every transaction that sent a NOTIFY (a global lock held
+through the commit's WAL flush), so a notification per step of every run would cap the whole
+system's step writes at one commit at a time.
 
 A step's tokens are added to the run's and the task's totals in the statement that completes it,
 so a run resumed after a crash (or retried) already carries what its completed steps cost.
@@ -17,6 +21,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, text
@@ -42,7 +47,7 @@ _START = text(
     WITH run AS (
         UPDATE task_runs SET event_seq = event_seq + 1
          WHERE id = :run_id AND status = 'running' AND attempts = :attempt
-        RETURNING id, event_seq
+        RETURNING id, event_seq, (watched_until IS NOT NULL AND watched_until > :now) AS watched
     ), step AS (
         INSERT INTO run_steps (run_id, index, kind, title, status, attempt, model, started_at,
                                seq, start_seq)
@@ -57,7 +62,7 @@ _START = text(
          WHERE run_steps.status <> 'completed'
         RETURNING run_id, seq
     )
-    SELECT seq, pg_notify(:channel, CAST(run_id AS text)) FROM step
+    SELECT seq, CASE WHEN watched THEN pg_notify(:channel, CAST(run_id AS text)) END FROM step, run
     """
 )
 
@@ -72,7 +77,7 @@ _END = text(
                tokens_used = tokens_used + :prompt_tokens + :completion_tokens,
                step_count = step_count + CASE WHEN :status = 'completed' THEN 1 ELSE 0 END
          WHERE id = :run_id AND status = 'running' AND attempts = :attempt
-        RETURNING id, task_id, event_seq
+        RETURNING id, task_id, event_seq, (watched_until IS NOT NULL AND watched_until > :now) AS watched
     ), task_totals AS (
         UPDATE tasks
            SET prompt_tokens = prompt_tokens + :prompt_tokens,
@@ -91,7 +96,7 @@ _END = text(
          WHERE s.run_id = run.id AND s.index = :index AND s.attempt = :attempt
         RETURNING s.run_id, s.seq
     )
-    SELECT seq, pg_notify(:channel, CAST(run_id AS text)) FROM step
+    SELECT seq, CASE WHEN watched THEN pg_notify(:channel, CAST(run_id AS text)) END FROM step, run
     """
 )
 
@@ -219,3 +224,29 @@ def steps_after(session: Session, run_id: uuid.UUID, seq: int) -> Sequence[RunSt
     return session.scalars(
         select(RunStep).where(RunStep.run_id == run_id, RunStep.seq > seq).order_by(RunStep.seq)
     ).all()
+
+
+#: A live event stream marks its run watched this far ahead, and again once less than half is left
+#: (a stream re-reads its run at least every keep-alive, 15 s): the run's writes notify meanwhile.
+WATCH_S = 60
+
+_WATCH = text(
+    """
+    UPDATE task_runs SET watched_until = :until
+     WHERE id = :run_id AND user_id = :user_id
+       AND (watched_until IS NULL OR watched_until < :refresh_after)
+    """
+)
+
+
+def watch_run(session: Session, user_id: uuid.UUID, run_id: uuid.UUID, now: datetime) -> None:
+    """Ask the run's writes to notify for the next `WATCH_S` seconds (a no-op most of the time)."""
+    session.execute(
+        _WATCH,
+        {
+            "run_id": run_id,
+            "user_id": user_id,
+            "until": now + timedelta(seconds=WATCH_S),
+            "refresh_after": now + timedelta(seconds=WATCH_S / 2),
+        },
+    )

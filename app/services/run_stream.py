@@ -85,7 +85,9 @@ async def run_events(
 ) -> AsyncIterator[RunEvent | None]:
     """The run's events after `last_event_id`; None stands for a keep-alive comment."""
     cursor = _Cursor(parse_event_id(last_event_id))
-    snapshot: Snapshot | None = first
+    # `first` (read to answer 404 before the stream starts) came before the watch: read again
+    # once watching, so that nothing written in between is missed.
+    snapshot: Snapshot | None = first if first.run.status in _FINAL else None
     async with feed.watch(run_id) as watch:
         while True:
             if snapshot is None:

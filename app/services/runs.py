@@ -25,8 +25,9 @@ from app.services.task_input import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_MS
 from app.webhooks.outbox import insert_deliveries_sql, stash_row
 
 RUN_FINISHED_CHANNEL = "agentsched_run_finished"
-#: Notified (payload: the run id) on every status change and step write of a run; each takes the
-#: run's next `event_seq` (the order of its live events, app.services.run_feed).
+#: Notified (payload: the run id) on every status change and step write of a run while it is
+#: watched (`watched_until`); each takes the run's next `event_seq` (the order of its live
+#: events, app.services.run_stream).
 RUN_EVENTS_CHANNEL = "agentsched_run_events"
 
 
@@ -138,8 +139,9 @@ _CLAIM = text(
         UPDATE tasks SET status = 'running', updated_at = :now
          WHERE id = (SELECT task_id FROM claimed WHERE one_off) AND status <> 'cancelled'
     )
-    SELECT claimed.* FROM claimed,
-           LATERAL (SELECT pg_notify(:events_channel, CAST(claimed.id AS text))) AS notified
+    SELECT claimed.* FROM claimed
+      LEFT JOIN LATERAL (SELECT pg_notify(:events_channel, CAST(w.id AS text)) FROM task_runs AS w
+                          WHERE w.id = claimed.id AND w.watched_until > :now) AS notified ON true
     """
 )
 
@@ -180,7 +182,7 @@ _REQUEUE = text(
                                      'at', CAST(:now AS timestamptz))),
                event_seq = event_seq + 1, status_seq = event_seq + 1
          WHERE id = :run_id AND status = 'running' AND attempts = :attempt
-        RETURNING id, task_id
+        RETURNING id, task_id, watched_until > :now AS watched
     ), task_follows AS (
         -- The totals of the task include the tokens of attempts whose run waits for a retry:
         -- each step's tokens are added to its run and task as the step completes
@@ -191,7 +193,7 @@ _REQUEUE = text(
                updated_at = :now
          WHERE id = (SELECT task_id FROM requeued)
     )
-    SELECT id, pg_notify(:events_channel, CAST(id AS text)) FROM requeued
+    SELECT id, CASE WHEN watched THEN pg_notify(:events_channel, CAST(id AS text)) END FROM requeued
     """
 )
 

@@ -61,9 +61,11 @@ def upgrade() -> None:
         op.add_column(
             "task_runs", sa.Column(column, sa.Integer(), server_default=sa.text("0"), nullable=False)
         )
+    op.add_column("task_runs", sa.Column("watched_until", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("task_runs", "watched_until")
     for column in ("status_seq", "event_seq", "step_count"):
         op.drop_column("task_runs", column)
     for table in ("tasks", "task_runs"):

@@ -177,3 +177,32 @@ def test_agentsched_runs_show_prints_the_run_and_its_steps(
         assert line in printed
     assert "offline provider" in printed  # the outputs, cut to a line each
     assert main(["runs", "show", "not-a-uuid"]) == 2
+
+
+def test_only_a_watched_run_notifies_its_steps(make_account, session_factory, settings):
+    """A NOTIFY serializes commits (a global lock): unwatched runs' step writes send none."""
+    import psycopg
+
+    from app.services.run_events import libpq_conninfo
+    from app.services.run_steps import watch_run
+    from app.services.runs import RUN_EVENTS_CHANNEL
+    from app.services.tasks import get_run
+
+    account = make_account()
+    env = RunEnvironment(session_factory, _GatedProvider(), settings)  # type: ignore[arg-type]
+    env.provider.release.set()  # type: ignore[attr-defined]
+    with psycopg.connect(libpq_conninfo(settings.database_url), autocommit=True) as listener:
+        listener.execute(f"LISTEN {RUN_EVENTS_CHANNEL}")
+        unwatched = queue_run(session_factory, account.user_id, GOAL, send=False)
+        execute_run(env, unwatched)
+        assert [n.payload for n in listener.notifies(timeout=1.0)] == []
+
+        watched = queue_run(session_factory, account.user_id, GOAL, send=False)
+        with session_factory.begin() as session:
+            watch_run(session, account.user_id, watched, env.clock.now())
+            assert get_run(session, account.user_id, watched).watched_until is not None
+        execute_run(env, watched)
+        payloads = [n.payload for n in listener.notifies(timeout=1.0, stop_after=100)]
+    # the claim, a start and an end per model call (plan, two steps, final)
+    assert payloads == [str(watched)] * 9
+    env.leases.close()
