@@ -65,11 +65,12 @@ def send_messages(dispatches: Sequence[Dispatch]) -> list[tuple[uuid.UUID, str]]
     for chunk in _chunks(dispatches, PIPELINE_BATCH):
         try:
             sent.extend(enqueue_runs(broker, chunk))
-        except (RedisError, dramatiq.errors.BrokerError):
-            logger.exception(
-                "could not reach Redis for %d run message(s) (first run %s); the reconciler will resend",
+        except (RedisError, dramatiq.errors.BrokerError) as exc:  # expected in an outage: no traceback
+            logger.error(
+                "could not reach Redis for %d run message(s) (first run %s): %s; the reconciler will resend",
                 len(chunk),
                 chunk[0].run_id,
+                exc,
             )
     return sent
 

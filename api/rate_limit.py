@@ -115,8 +115,8 @@ class RateLimitMiddleware(ASGIMiddleware):
             count, reset_ms = await self._client().eval(
                 _COUNT, 1, f"{KEY_PREFIX}{budget.group}:{budget.identity}", WINDOW_MS
             )
-        except (RedisError, OSError):
-            logger.warning("rate limiter: Redis unreachable; letting the request through", exc_info=True)
+        except (RedisError, OSError) as exc:  # expected while Redis is down: one line, no traceback
+            logger.warning("rate limiter: Redis unreachable (%s); letting the request through", exc)
             await next_app(scope, receive, send)
             return
         headers = limit_headers(budget.limit, int(count), int(reset_ms))

@@ -37,9 +37,10 @@ PriorityName = Literal["urgent", "high", "medium", "low"]
 #: Webhook events (the contract's list; `app.webhooks` decides which runs send them).
 WebhookEvent = Literal["run.completed", "run.failed", "run.cancelled", "run.skipped"]
 WEBHOOK_URL_MAX_CHARS = 2_000
+WEBHOOK_URL_PATTERN = "^https?://[^\\x00]+$"
 WebhookUrl = Annotated[
     str,
-    StringConstraints(max_length=WEBHOOK_URL_MAX_CHARS, pattern="^https?://[^\\x00]+$"),
+    StringConstraints(max_length=WEBHOOK_URL_MAX_CHARS, pattern=WEBHOOK_URL_PATTERN),
     Field(
         description="http(s) only; a host that resolves to a private address is refused "
         "unless WEBHOOK_ALLOW_PRIVATE=true.",

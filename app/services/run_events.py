@@ -107,7 +107,13 @@ class RunWaiter:
                         self._tell_listeners(notification.channel, notification.payload)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.warning("run-finished listener lost its connection; reconnecting", exc_info=True)
+            except Exception as exc:
+                # Postgres going away is expected (one line); anything else keeps its traceback.
+                lost = isinstance(exc, psycopg.OperationalError | OSError)
+                logger.warning(
+                    "run-finished listener lost its connection (%s); reconnecting",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    exc_info=not lost,
+                )
                 self._wake_all()
                 await asyncio.sleep(1.0)

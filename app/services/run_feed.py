@@ -136,8 +136,10 @@ class RunFeed:
                         self._deliver(message)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.warning("run-deltas subscription lost; reconnecting", exc_info=True)
+            except Exception as exc:
+                # Redis going away is expected (one line); anything else keeps its traceback.
+                lost = isinstance(exc, RedisError | OSError)
+                logger.warning("run-deltas subscription lost (%s); reconnecting", exc, exc_info=not lost)
                 self.on_notification("", MISSED)
                 await asyncio.sleep(1.0)
 

@@ -1,17 +1,28 @@
-"""Schemathesis hooks: strategies for the string formats our OpenAPI document names.
+"""Schemathesis hooks for what no JSON Schema keyword can say.
 
-`format: cron` and webhook `format: uri` values are checked by the domain (a cron that
-parses, a URL whose host may receive webhooks), which no
-JSON Schema keyword can say; these strategies generate values of that kind, so schemathesis'
-positive cases are valid and its negative cases come from the rest of the schema.
+- `format: cron`: an expression must parse (app.cron); the strategy generates ones that do.
+- A webhook URL's host must resolve (and, unless WEBHOOK_ALLOW_PRIVATE, to a public address):
+  generated host names do not resolve, so a URL that the schema accepts is pointed at a
+  loopback receiver before it is sent (the server under test runs with
+  WEBHOOK_ALLOW_PRIVATE=true). URLs the schema refuses are sent as generated.
+
+Positive cases are therefore valid, and negative cases still come from the rest of the schema.
 
 Load with `SCHEMATHESIS_HOOKS=tests.support.schemathesis_hooks` (CLI) or import (pytest).
 """
 
 from __future__ import annotations
 
+import re
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
 import schemathesis
 from hypothesis import strategies as st
+
+from api.schemas.requests import WEBHOOK_URL_MAX_CHARS, WEBHOOK_URL_PATTERN
+
+RECEIVER = "127.0.0.1:9"
 
 MINUTES = ("*", "0", "30", "*/15", "0-59/5", "5,35", "59")
 HOURS = ("*", "0", "9", "9-17", "*/6", "23")
@@ -30,6 +41,22 @@ cron_expressions = st.builds(
 
 #: Webhook receivers on the loopback: the server under test runs with WEBHOOK_ALLOW_PRIVATE=true.
 webhook_urls = st.builds(lambda n: f"http://127.0.0.1:9/hooks/{n}", st.integers(0, 10_000))
+
+
+def _resolvable(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    return urlunsplit(parts._replace(netloc=RECEIVER))
+
+
+@schemathesis.hook
+def before_call(context: Any, case: Any, kwargs: Any) -> None:
+    webhook = case.body.get("webhook") if isinstance(case.body, dict) else None
+    url = webhook.get("url") if isinstance(webhook, dict) else None
+    if isinstance(url, str) and len(url) <= WEBHOOK_URL_MAX_CHARS and re.search(WEBHOOK_URL_PATTERN, url):
+        webhook["url"] = _resolvable(url)
 
 
 def register() -> None:
