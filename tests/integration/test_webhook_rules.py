@@ -221,6 +221,7 @@ def test_the_outbox_sends_after_commit_and_forgets_on_rollback(settings):
             outbox.stash(session, [committed])
             assert sent == []  # not before the commit
         assert sent == [committed]
+
         def fail_in_a_transaction() -> None:
             with factory.begin() as session:
                 outbox.stash(session, [outbox.PendingDelivery(uuid.uuid4(), "m-2")])
