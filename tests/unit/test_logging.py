@@ -94,6 +94,10 @@ def test_json_replaces_the_format_of_handlers_a_server_installed(root_logging):
     uvicorn_handler = logging.StreamHandler(uvicorn_stream)
     uvicorn_handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     uvicorn = logging.getLogger("uvicorn.error")
+    # Other tests may have configured it (a level, or disabled by a dictConfig): as uvicorn would.
+    saved = (uvicorn.level, uvicorn.disabled)
+    uvicorn.setLevel(logging.INFO)
+    uvicorn.disabled = False
     uvicorn.addHandler(uvicorn_handler)
     try:
         configure_logging("INFO", fmt="json")
@@ -101,6 +105,8 @@ def test_json_replaces_the_format_of_handlers_a_server_installed(root_logging):
         uvicorn.info("Started server process")
     finally:
         uvicorn.removeHandler(uvicorn_handler)
+        uvicorn.setLevel(saved[0])
+        uvicorn.disabled = saved[1]
     assert json.loads(stream.getvalue().splitlines()[0])["message"] == "worker ready"
     assert isinstance(server_handler.formatter, JsonFormatter)
     assert json.loads(uvicorn_stream.getvalue())["logger"] == "uvicorn.error"
