@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -102,12 +103,14 @@ def test_a_failed_request_gives_its_key_back(client, make_account, session_facto
 def test_twenty_concurrent_requests_with_one_key_create_one_task(client, make_account, session_factory):
     account = make_account()
     headers = {**account.headers, "Idempotency-Key": "burst"}
-    # Waiting mode with no worker: the first request holds the key for its 1 s wait, so the
+    # Waiting mode with no worker: the first request holds the key for its 3 s wait, so the
     # other nineteen really arrive while it is at work and must wait for its answer.
-    body = {"goal": "Summarise", "agentType": "writer_agent", "agentConfig": {"timeout": 1000}}
+    body = {"goal": "Summarise", "agentType": "writer_agent", "agentConfig": {"timeout": 3000}}
     answers: list[tuple[int, object]] = []
     lock = threading.Lock()
-    start = threading.Barrier(20)
+    start = threading.Barrier(21)
+    pool = client.app.state.api.session_factory.kw["bind"].pool
+    held: list[int] = []
 
     def post() -> None:
         start.wait()
@@ -118,9 +121,18 @@ def test_twenty_concurrent_requests_with_one_key_create_one_task(client, make_ac
     threads = [threading.Thread(target=post) for _ in range(20)]
     for thread in threads:
         thread.start()
+    start.wait()
+    began = time.monotonic()
+    while time.monotonic() - began < 2.7:  # in the middle of the wait: all twenty are waiting
+        if time.monotonic() - began > 1.5:
+            held.append(pool.checkedout())
+        time.sleep(0.05)
     for thread in threads:
         thread.join(timeout=60)
     assert len(answers) == 20
+    # Twenty requests waiting (one for its run, nineteen for the first's answer) hold no
+    # pooled connection: they sleep on the process's one LISTEN connection.
+    assert max(held) <= 1, held
     assert {status for status, _ in answers} == {202}
     assert all(answer == answers[0][1] for _, answer in answers)
     assert _count(session_factory, Task) == 1
