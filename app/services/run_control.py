@@ -20,9 +20,8 @@ from app import metrics
 from app.errors import Conflict, NotFound
 from app.models import Task, TaskRun
 from app.models.enums import RunStatus
-from app.services import credits, task_control
+from app.services import task_control
 from app.services.dispatch import Dispatch
-from app.services.runs import notify_finished
 from app.settings import Settings
 from app.webhooks.outbox import record_run_events
 
@@ -82,26 +81,9 @@ def cancel_run(
     if run.status == RunStatus.RUNNING.value:
         run.cancel_requested = True
     else:
-        charge = credits.settle(
-            session,
-            user_id=run.user_id,
-            run_id=run.id,
-            reserved=run.credits_reserved,
-            tokens=run.tokens_used,
-            tokens_per_credit=settings.tokens_per_credit,
-            now=now,
+        task_control.end_queued_run(
+            session, task, run, settings=settings, now=now, message="the run was cancelled"
         )
-        run.status = RunStatus.CANCELLED.value
-        run.finished_at = now
-        run.credits_used = charge
-        over_budget = getattr(credits, "tokens_over_budget", None)
-        if over_budget is not None and hasattr(run, "tokens_over_budget"):  # as cancel_task records it
-            held_tokens = run.credits_reserved * settings.tokens_per_credit
-            run.tokens_over_budget = over_budget(run.tokens_used, held_tokens)
-        run.credits_reserved = 0
-        run.error = {"code": "cancelled", "message": "the run was cancelled"}
-        task.credits_used += charge
-        notify_finished(session, run.id)
         record_run_events(session, [run.id], "run.cancelled", now)  # its webhook, if subscribed
         metrics.RUNS.labels("cancelled", task.agent_type).inc()
     session.flush()

@@ -82,6 +82,33 @@ def run_now(
     return run, Dispatch(run.id, run.priority)
 
 
+def end_queued_run(
+    session: Session, task: Task, run: TaskRun, *, settings: Settings, now: datetime, message: str
+) -> None:
+    """End a queued run (locked by the caller) as cancelled: its held credits are released and
+    the tokens it already spent are charged. The caller records its webhook event and metric."""
+    charge = credits.settle(
+        session,
+        user_id=run.user_id,
+        run_id=run.id,
+        reserved=run.credits_reserved,
+        tokens=run.tokens_used,
+        tokens_per_credit=settings.tokens_per_credit,
+        now=now,
+    )
+    run.status = RunStatus.CANCELLED.value
+    run.finished_at = now
+    run.credits_used = charge
+    run.tokens_over_budget = credits.tokens_over_budget(
+        run.tokens_used, run.credits_reserved * settings.tokens_per_credit
+    )
+    run.credits_reserved = 0
+    run.error = {"code": "cancelled", "message": message}
+    # Its tokens are in the task's total already (added when its attempt ended).
+    task.credits_used += charge
+    notify_finished(session, run.id)
+
+
 def cancel_task(
     session: Session, user_id: uuid.UUID, task_id: uuid.UUID, *, settings: Settings, now: datetime
 ) -> Task:
@@ -94,26 +121,7 @@ def cancel_task(
         .with_for_update()
     ).all()
     for run in queued:
-        charge = credits.settle(
-            session,
-            user_id=run.user_id,
-            run_id=run.id,
-            reserved=run.credits_reserved,
-            tokens=run.tokens_used,
-            tokens_per_credit=settings.tokens_per_credit,
-            now=now,
-        )
-        run.status = RunStatus.CANCELLED.value
-        run.finished_at = now
-        run.credits_used = charge
-        run.tokens_over_budget = credits.tokens_over_budget(
-            run.tokens_used, run.credits_reserved * settings.tokens_per_credit
-        )
-        run.credits_reserved = 0
-        run.error = {"code": "cancelled", "message": "the task was cancelled"}
-        # Its tokens are in the task's total already (added when its attempt ended).
-        task.credits_used += charge
-        notify_finished(session, run.id)
+        end_queued_run(session, task, run, settings=settings, now=now, message="the task was cancelled")
     record_run_events(session, [run.id for run in queued], "run.cancelled", now)
     metrics.RUNS.labels("cancelled", task.agent_type).inc(len(queued))
     session.execute(

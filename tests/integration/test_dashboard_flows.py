@@ -155,6 +155,31 @@ def test_cancelling_a_queued_run_from_its_page(client, make_account, session_fac
         assert session.get(Task, task_id).status == "cancelled"
 
 
+def test_cancelling_a_queued_run_of_a_scheduled_task_releases_its_credits_and_keeps_the_schedule(
+    client, make_account, session_factory
+):
+    account = make_account()
+    sign_in(client, account.key)
+    task_id = _task_id(_new(client, scheduled="on", cron="*/5 * * * *", timezone="UTC"))
+    run_id = client.post(f"/api/tasks/{task_id}/run", headers=account.headers).json()["runId"]
+    with session_factory.begin() as session:  # an attempt waiting for its retry: it holds 5 credits
+        session.execute(
+            update(TaskRun).where(TaskRun.id == uuid.UUID(run_id)).values(credits_reserved=5, tokens_used=1)
+        )
+        session.execute(update(User).where(User.id == account.user_id).values(credits_reserved=5))
+    assert post_form(client, f"/dashboard/runs/{run_id}/cancel").status_code == 303
+    with session_factory() as session:
+        run = session.get(TaskRun, uuid.UUID(run_id))
+        assert (run.status, run.credits_reserved, run.credits_used) == ("cancelled", 0, 1)
+        assert run.error == {"code": "cancelled", "message": "the run was cancelled"}
+        assert run.finished_at is not None
+        assert session.get(User, account.user_id).credits_reserved == 0
+        task = session.get(Task, task_id)
+        assert task.status != "cancelled"
+        assert task.schedule_enabled
+    assert post_form(client, f"/dashboard/runs/{run_id}/cancel").status_code == 409
+
+
 def test_a_new_key_is_shown_once_and_the_account_shows_credits_against_the_allowance(
     client, make_account, session_factory
 ):
