@@ -28,6 +28,9 @@ WEBHOOK_QUEUE = "webhooks"
 WEBHOOK_ACTOR = "deliver_webhook"
 #: Deliveries looked at per reconciler round.
 RECOVER_BATCH = 5_000
+#: pg_try_advisory_xact_lock key held while recovering deliveries ("agentsched webhook"), so
+#: two schedulers never send the same lost delivery twice in one round.
+RECOVER_LOCK_KEY = 0x61_67_73_77_68_6B
 
 _OVERDUE = text(
     """
@@ -58,10 +61,29 @@ def recover_deliveries(
     grace_ms: int,
     batch_size: int = RECOVER_BATCH,
 ) -> int:
-    """Give every overdue pending delivery whose message is gone a new one; returns how many."""
+    """Give every overdue pending delivery whose message is gone a new one; returns how many
+    (0 too when another reconciler is at it: it holds the advisory lock until it has sent)."""
+    with session_factory() as session, session.begin():
+        locked: bool = session.execute(
+            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RECOVER_LOCK_KEY}
+        ).scalar_one()
+        if not locked:
+            logger.debug("another reconciler is recovering webhook deliveries; skipping this round")
+            return 0
+        return _recover(session_factory, session, now, redis_client, send, grace_ms, batch_size)
+
+
+def _recover(
+    session_factory: sessionmaker[Session],
+    session: Session,
+    now: datetime,
+    redis_client: Redis,
+    send: Callable[[Sequence[PendingDelivery]], object],
+    grace_ms: int,
+    batch_size: int,
+) -> int:
     cutoff = now - timedelta(milliseconds=grace_ms)
-    with session_factory() as session:
-        rows = session.execute(_OVERDUE, {"cutoff": cutoff, "now": now, "limit": batch_size}).all()
+    rows = session.execute(_OVERDUE, {"cutoff": cutoff, "now": now, "limit": batch_size}).all()
     if not rows:
         return 0
     pipe = redis_client.pipeline(transaction=False)
@@ -73,8 +95,8 @@ def recover_deliveries(
     if not lost:
         return 0
     fresh = [PendingDelivery(delivery_id, str(uuid.uuid4())) for delivery_id in lost]
-    with session_factory.begin() as session:
-        session.execute(
+    with session_factory.begin() as renewing:  # committed before the send, under the lock
+        renewing.execute(
             _RENEW, {"ids": [d.delivery_id for d in fresh], "message_ids": [d.message_id for d in fresh]}
         )
     send(fresh)

@@ -6,7 +6,7 @@ import base64
 import itertools
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.models import WebhookDelivery
 from tests.integration.conftest import wait_for_runs
@@ -234,6 +234,7 @@ def test_a_run_finished_by_a_worker_that_died_before_sending_is_delivered_by_the
     from app.clock import SYSTEM_CLOCK, FrozenClock
     from app.providers.offline import OfflineProvider
     from app.services.execution import RunEnvironment, execute_run
+    from app.webhooks.recovery import RECOVER_LOCK_KEY, recover_deliveries
     from scheduler.jobs import SchedulerContext, reconcile_runs
 
     account = make_account()
@@ -258,6 +259,20 @@ def test_a_run_finished_by_a_worker_that_died_before_sending_is_delivered_by_the
         send_webhooks=send_delivery_messages,
         clock=later,
     )
+    # Another scheduler's reconciler at work holds the lock: this one leaves the delivery to it.
+    with engine.connect() as other, other.begin():
+        other.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RECOVER_LOCK_KEY})
+        skipped = recover_deliveries(
+            session_factory,
+            now=later.now(),
+            redis_client=redis_client,
+            send=send_delivery_messages,
+            grace_ms=hook_settings.reconcile_grace_ms,
+        )
+    assert skipped == 0
+    with session_factory() as session:  # no new message either
+        assert session.get(WebhookDelivery, row.id).message_id == row.message_id
+    assert redis_client.hlen("dramatiq:webhooks.msgs") == 0
     reconcile_runs(ctx)
     start_worker(run_settings=hook_settings)
     [got] = receiver.wait_for(1)
