@@ -183,6 +183,14 @@ WEBHOOK_ATTEMPTS = Counter(
     ("outcome",),
     registry=REGISTRY,
 )
+WEBHOOK_DELIVERIES = Counter(
+    "agentsched_webhook_deliveries",
+    "Webhook deliveries that reached their final state, by outcome (delivered, failed).",
+    ("outcome",),
+    registry=REGISTRY,
+)
+#: An attempt's outcome -> the final outcome of its delivery (absent: the delivery goes on).
+_FINAL_OUTCOMES = {"delivered": "delivered", "failed": "failed", "gone": "failed", "forbidden": "failed"}
 WEBHOOK_DELIVERY_LATENCY = Histogram(
     "agentsched_webhook_delivery_latency_seconds",
     "Delivered webhooks: time from the run's end to the receiver's 2xx, retries included.",
@@ -201,7 +209,16 @@ WEBHOOK_REQUEST_DURATION = Histogram(
 def record_webhook_attempt(outcome: str, request_s: float | None, *, delivered_after_s: float | None) -> None:
     """One delivery attempt ended with `outcome`; `delivered_after_s` from the event when delivered."""
     WEBHOOK_ATTEMPTS.labels(outcome).inc()
+    final = _FINAL_OUTCOMES.get(outcome)
+    if final is not None:
+        WEBHOOK_DELIVERIES.labels(final).inc()
     if request_s is not None:
         WEBHOOK_REQUEST_DURATION.labels(outcome).observe(request_s)
     if delivered_after_s is not None:
         WEBHOOK_DELIVERY_LATENCY.observe(max(0.0, delivered_after_s))
+
+
+def record_webhook_deliveries_failed(count: int) -> None:
+    """`count` deliveries failed without an attempt of their own (a 410 to another one)."""
+    if count:
+        WEBHOOK_DELIVERIES.labels("failed").inc(count)

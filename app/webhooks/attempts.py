@@ -26,7 +26,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import SYSTEM_CLOCK, Clock
-from app.metrics import record_webhook_attempt
+from app.metrics import record_webhook_attempt, record_webhook_deliveries_failed
 from app.models import TaskRun
 from app.services.retry import backoff_ms
 from app.settings import Settings
@@ -135,10 +135,13 @@ _GONE = text(
            SET status = 'failed', last_error = :others_error, next_attempt_at = NULL
           FROM this
          WHERE d.user_id = this.user_id AND d.url = this.url AND d.status = 'pending' AND d.id <> :id
+        RETURNING d.id
+    ), disabled AS (
+        UPDATE tasks AS t SET webhook_disabled_at = :now
+          FROM this
+         WHERE t.id = this.task_id AND t.webhook_url = this.url AND t.webhook_disabled_at IS NULL
     )
-    UPDATE tasks AS t SET webhook_disabled_at = :now
-      FROM this
-     WHERE t.id = this.task_id AND t.webhook_url = this.url AND t.webhook_disabled_at IS NULL
+    SELECT count(*) FROM others
     """
 )
 
@@ -194,15 +197,19 @@ def attempt_delivery(env: DeliveryEnvironment, delivery_id: uuid.UUID) -> Pendin
         logger.info(
             "webhook delivery %s: 410 Gone from %s; the task's webhook is disabled", delivery_id, claimed.url
         )
-        _record(
-            env,
-            _GONE,
-            claimed,
-            error=result.error,
-            others_error="the receiver answered 410 Gone to another delivery; not retried",
-            now=env.clock.now(),
-        )
+        with env.session_factory.begin() as session:
+            others_failed: int = session.execute(
+                _GONE,
+                {
+                    "id": claimed.id,
+                    "attempt": claimed.attempts,
+                    "error": result.error,
+                    "others_error": "the receiver answered 410 Gone to another delivery; not retried",
+                    "now": env.clock.now(),
+                },
+            ).scalar_one()
         record_webhook_attempt("gone", result.elapsed_s, delivered_after_s=None)
+        record_webhook_deliveries_failed(others_failed)
         return None
     return _retry_or_fail(
         env,

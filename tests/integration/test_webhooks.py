@@ -309,6 +309,7 @@ def test_deliveries_are_counted_by_outcome_and_their_latency_observed(
         "retrying": metric("agentsched_webhook_attempts_total", outcome="retrying"),
         "delivered": metric("agentsched_webhook_attempts_total", outcome="delivered"),
         "latency": metric("agentsched_webhook_delivery_latency_seconds_count"),
+        "final": metric("agentsched_webhook_deliveries_total", outcome="delivered"),
     }
     account = make_account()
     receiver.secrets = [new_secret(hook_client, account)]
@@ -320,6 +321,8 @@ def test_deliveries_are_counted_by_outcome_and_their_latency_observed(
     assert metric("agentsched_webhook_attempts_total", outcome="retrying") == before["retrying"] + 1
     assert metric("agentsched_webhook_attempts_total", outcome="delivered") == before["delivered"] + 1
     assert metric("agentsched_webhook_delivery_latency_seconds_count") == before["latency"] + 1
+    # One delivery, two attempts: deliveries count the delivery once, by its final outcome.
+    assert metric("agentsched_webhook_deliveries_total", outcome="delivered") == before["final"] + 1
 
 
 def test_a_delivery_that_keeps_failing_gives_up_after_webhook_retry_hours(

@@ -1,0 +1,58 @@
+"""Final outcomes of deliveries: a 410 ends the user's other pending deliveries to that URL, and
+`agentsched_webhook_deliveries_total` counts deliveries (not attempts) by outcome."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from app.metrics import REGISTRY
+from app.models import WebhookDelivery
+from app.providers.offline import OfflineProvider
+from app.services.execution import RunEnvironment, execute_run
+from app.webhooks.attempts import DeliveryEnvironment, attempt_delivery
+from tests.integration.test_webhooks import execute, new_secret
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_410_fails_the_users_other_pending_deliveries_to_that_url_and_counts_each_once(
+    hook_client, make_account, receiver, engine, session_factory, hook_settings
+):
+    account = make_account()
+    receiver.secrets = [new_secret(hook_client, account)]
+    receiver.script = [410]
+    # Two runs end in a process without the outbox hook: both deliveries pending, none sent.
+    ending = RunEnvironment(sessionmaker(engine, expire_on_commit=False), OfflineProvider(), hook_settings)
+    runs = [execute(hook_client, account, {"url": receiver.url})["runId"] for _ in range(2)]
+    for run_id in runs:
+        execute_run(ending, uuid.UUID(run_id))
+    with session_factory() as session:
+        first, second = (
+            session.scalar(select(WebhookDelivery.id).where(WebhookDelivery.run_id == uuid.UUID(run_id)))
+            for run_id in runs
+        )
+    before = {
+        "failed": metric("agentsched_webhook_deliveries_total", outcome="failed"),
+        "delivered": metric("agentsched_webhook_deliveries_total", outcome="delivered"),
+        "gone": metric("agentsched_webhook_attempts_total", outcome="gone"),
+    }
+
+    env = DeliveryEnvironment(session_factory, hook_settings)
+    assert attempt_delivery(env, first) is None
+    assert len(receiver.received) == 1
+    with session_factory() as session:
+        rows = {row.id: row for row in session.scalars(select(WebhookDelivery))}
+    assert (rows[first].status, rows[first].last_status_code, rows[first].attempts) == ("failed", 410, 1)
+    assert (rows[second].status, rows[second].attempts) == ("failed", 0)
+    assert "410 Gone" in rows[second].last_error
+    assert attempt_delivery(env, second) is None  # nothing left to send
+    assert len(receiver.received) == 1
+
+    assert metric("agentsched_webhook_deliveries_total", outcome="failed") == before["failed"] + 2
+    assert metric("agentsched_webhook_deliveries_total", outcome="delivered") == before["delivered"]
+    assert metric("agentsched_webhook_attempts_total", outcome="gone") == before["gone"] + 1
