@@ -26,6 +26,7 @@ from app.services.stats import (
     record_scheduler_heartbeat,
 )
 from app.settings import Settings
+from app.webhooks.cleanup import delete_old_deliveries
 from app.webhooks.outbox import PendingDelivery
 from app.webhooks.recovery import recover_deliveries
 
@@ -37,7 +38,7 @@ STATUS_INTERVAL_S = 30
 #: after the process dies.
 HEARTBEAT_INTERVAL_S = 10
 HEARTBEAT_TTL_S = 30
-#: Expired idempotency keys are deleted this often.
+#: Expired idempotency keys (and old webhook deliveries) are deleted this often.
 IDEMPOTENCY_CLEANUP_INTERVAL_S = 600
 #: Jobs run on this many threads; each job has max_instances=1, so they never pile up.
 EXECUTOR_THREADS = 4
@@ -91,6 +92,12 @@ def expire_idempotency_keys(ctx: SchedulerContext) -> int:
     """Delete idempotency keys past their 24 h."""
     with ctx.session_factory.begin() as session:
         return delete_expired_keys(session, ctx.clock.now())
+
+
+def expire_webhook_deliveries(ctx: SchedulerContext) -> int:
+    """Delete finished webhook deliveries past their retention."""
+    with ctx.session_factory.begin() as session:
+        return delete_old_deliveries(session, ctx.clock.now())
 
 
 def log_status(ctx: SchedulerContext) -> None:
@@ -151,6 +158,15 @@ def add_jobs(scheduler: BaseScheduler, ctx: SchedulerContext) -> None:
         args=[ctx],
         id="idempotency_cleanup",
         name="idempotency key cleanup",
+        replace_existing=True,
+        **common,
+    )
+    scheduler.add_job(
+        expire_webhook_deliveries,
+        IntervalTrigger(seconds=IDEMPOTENCY_CLEANUP_INTERVAL_S, timezone="UTC"),
+        args=[ctx],
+        id="webhook_delivery_cleanup",
+        name="webhook delivery cleanup",
         replace_existing=True,
         **common,
     )

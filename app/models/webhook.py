@@ -38,6 +38,12 @@ class WebhookDelivery(Base):
             postgresql_where=text("status = 'pending'"),
         ),
         Index("ix_webhook_deliveries_task_id", "task_id"),
+        # The cleanup deletes finished deliveries by age (app.webhooks.cleanup).
+        Index(
+            "ix_webhook_deliveries_finished_occurred_at",
+            "occurred_at",
+            postgresql_where=text("status <> 'pending'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=text("gen_random_uuid()"))

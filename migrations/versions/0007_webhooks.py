@@ -72,9 +72,17 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'pending'"),
     )
     op.create_index("ix_webhook_deliveries_task_id", "webhook_deliveries", ["task_id"], unique=False)
+    op.create_index(
+        "ix_webhook_deliveries_finished_occurred_at",
+        "webhook_deliveries",
+        ["occurred_at"],
+        unique=False,
+        postgresql_where=sa.text("status <> 'pending'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_webhook_deliveries_finished_occurred_at", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_task_id", table_name="webhook_deliveries")
     op.drop_index(
         "ix_webhook_deliveries_pending_next_attempt_at",

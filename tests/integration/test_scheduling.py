@@ -565,7 +565,14 @@ def test_the_scheduler_jobs_fire_on_the_minute_or_every_poll_interval(settings, 
     )
     add_jobs(scheduler, context)
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert {"scheduling_pass", "reconcile", "status", "heartbeat", "idempotency_cleanup"} <= set(jobs)
+    assert {
+        "scheduling_pass",
+        "reconcile",
+        "status",
+        "heartbeat",
+        "idempotency_cleanup",
+        "webhook_delivery_cleanup",
+    } <= set(jobs)
     the_pass = jobs["scheduling_pass"]
     assert str(the_pass.trigger).startswith(trigger_text)
     assert (the_pass.coalesce, the_pass.max_instances, the_pass.misfire_grace_time) == (True, 1, None)

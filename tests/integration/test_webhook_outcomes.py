@@ -56,3 +56,41 @@ def test_a_410_fails_the_users_other_pending_deliveries_to_that_url_and_counts_e
     assert metric("agentsched_webhook_deliveries_total", outcome="failed") == before["failed"] + 2
     assert metric("agentsched_webhook_deliveries_total", outcome="delivered") == before["delivered"]
     assert metric("agentsched_webhook_attempts_total", outcome="gone") == before["gone"] + 1
+
+
+def test_finished_deliveries_past_their_retention_are_deleted_and_pending_ones_kept(
+    hook_client, make_account, receiver, engine, session_factory, hook_settings
+):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.clock import SYSTEM_CLOCK
+    from app.webhooks.cleanup import DELIVERY_RETENTION_DAYS, delete_old_deliveries
+
+    account = make_account()
+    ending = RunEnvironment(sessionmaker(engine, expire_on_commit=False), OfflineProvider(), hook_settings)
+    runs = [execute(hook_client, account, {"url": receiver.url})["runId"] for _ in range(4)]
+    for run_id in runs:
+        execute_run(ending, uuid.UUID(run_id))
+    now = SYSTEM_CLOCK.now()
+    old = now - timedelta(days=DELIVERY_RETENTION_DAYS, hours=1)
+    recent = now - timedelta(days=DELIVERY_RETENTION_DAYS - 1)
+    states = {  # run -> (status, occurred_at)
+        runs[0]: ("delivered", old),
+        runs[1]: ("failed", old),
+        runs[2]: ("delivered", recent),
+        runs[3]: ("pending", old),  # still being retried: never deleted
+    }
+    with session_factory.begin() as session:
+        for run_id, (status, occurred_at) in states.items():
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.run_id == uuid.UUID(run_id))
+                .values(status=status, occurred_at=occurred_at)
+            )
+    with session_factory.begin() as session:
+        assert delete_old_deliveries(session, now, batch=1) == 2
+    with session_factory() as session:
+        left = {str(run_id) for run_id in session.scalars(select(WebhookDelivery.run_id))}
+    assert left == {runs[2], runs[3]}
