@@ -69,6 +69,7 @@ _TITLES = {
     404: "Not found",
     409: "Not now",
     500: "Something broke",
+    503: "Briefly unavailable",
 }
 
 
