@@ -46,10 +46,15 @@ def run_tests(pytest_args: list[str]) -> int:
 def _run_pytest(args: list[str]) -> int:
     process = subprocess.Popen([sys.executable, "-m", "pytest", *args])
 
-    def forward(signum: int, frame: FrameType | None) -> None:
-        process.send_signal(signum)
+    terminations: list[int] = []
 
-    # SIGTERM (a CI timeout) goes to pytest; Ctrl-C reaches it directly (same process group).
+    def forward(signum: int, frame: FrameType | None) -> None:
+        # The first SIGTERM (a CI timeout) reaches pytest as Ctrl-C, so it still prints which
+        # tests failed so far and which one was running; a second one terminates it.
+        terminations.append(signum)
+        process.send_signal(signal.SIGINT if len(terminations) == 1 else signal.SIGTERM)
+
+    # Ctrl-C reaches pytest directly (same process group).
     previous = signal.signal(signal.SIGTERM, forward)
     try:
         try:
