@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 _CHANNEL_PREFIX = deltas_channel("")
 #: A subscription kept so the pub/sub connection exists before any watcher comes.
 _IDLE_CHANNEL = deltas_channel("-")
+#: How long stopping may wait for the subscriber task and each connection to close (seconds).
+STOP_WAIT_S = 3.0
 #: Wake-ups a slow watcher may have pending; beyond it, they collapse into one re-read.
 WATCH_QUEUE_MAX = 256
 
@@ -69,6 +71,7 @@ class RunFeed:
         self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         self._watches: dict[str, set[Watch]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def watching(self) -> int:
@@ -79,14 +82,14 @@ class RunFeed:
         self._task = asyncio.create_task(self._pump_deltas(), name="run-deltas-subscriber")
 
     async def stop(self) -> None:
+        """Stop within a few seconds, whatever the Redis connection is doing."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-        with contextlib.suppress(RedisError, OSError):
-            await self.redis.aclose()
+            await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
+        for close in (self._pubsub.aclose, self.redis.aclose):
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(close(), timeout=STOP_WAIT_S)
 
     def on_notification(self, channel: str, payload: str) -> None:
         """From the process's Postgres listener (same event loop)."""
@@ -137,6 +140,8 @@ class RunFeed:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._stopping:  # a cancellation the Redis client turned into an error
+                    return
                 # Redis going away is expected (one line); anything else keeps its traceback.
                 lost = isinstance(exc, RedisError | OSError)
                 logger.warning("run-deltas subscription lost (%s); reconnecting", exc, exc_info=not lost)
