@@ -271,3 +271,10 @@ def test_unknown_ids_and_bad_paths_are_404s_not_500s(client, make_account):
         answer = client.get(path, headers=headers)
         assert answer.status_code == 404, path
         assert answer.json()["error"] == "not_found"
+
+
+def test_a_body_over_ten_megabytes_is_a_413_in_our_body(client, make_account):
+    body = b'{"goal": "' + b"x" * 10_000_001 + b'", "agentType": "research_agent"}'
+    answer = _raw(client, "POST", "/api/agent/execute", body, make_account().headers)
+    assert answer.status_code == 413
+    assert answer.json()["error"] == "payload_too_large"
