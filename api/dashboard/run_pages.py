@@ -74,19 +74,24 @@ async def run_events(
     `after` (the event id the page was rendered at) skips what the page already shows; a
     reconnecting browser's `Last-Event-ID` wins over it.
     """
-    state = state_of(request)
+    last_event_id = request.headers.get("last-event-id") or after
+    messages = await page_events(state_of(request), user, run_id, last_event_id)
+    return ServerSentEvent(messages, headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
+
+async def page_events(
+    state: ApiState, user: SignedIn, run_id: uuid.UUID, last_event_id: str | None
+) -> AsyncIterator[ServerSentEventMessage]:
+    """The page's messages after `last_event_id` (NotFound, before any, for a stranger's run)."""
 
     async def read(after_seq: int) -> Snapshot:
         return await anyio.to_thread.run_sync(_read, state, user, run_id, after_seq)
 
-    last_event_id = request.headers.get("last-event-id") or after
-    first = await read(parse_event_id(last_event_id)[0])  # 404 before the stream starts
+    first = await read(parse_event_id(last_event_id)[0])
     events = stream_run_events(
         state.feed, run_id, read, first, last_event_id, step_view=lambda step: None, run_view=lambda run: None
     )
-    return ServerSentEvent(
-        _page_events(events), headers={"cache-control": "no-store", "x-accel-buffering": "no"}
-    )
+    return _page_events(events)
 
 
 async def _page_events(events: AsyncIterator[RunEvent | None]) -> AsyncIterator[ServerSentEventMessage]:

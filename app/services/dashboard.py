@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 
 from app.cron import next_fires, parse_schedule
 from app.errors import InvalidInput, NotFound
-from app.models import ApiKey, Task, TaskRun, User
-from app.models.enums import RunStatus, TaskStatus
+from app.models import ApiKey, RunStep, Task, TaskRun, User
+from app.models.enums import RunStatus, StepStatus, TaskStatus
+from app.services.run_steps import list_steps
 from app.services.tasks import Page, decode_cursor, encode_cursor
 
 TASKS_PER_PAGE = 25
@@ -117,13 +118,21 @@ class Attempt:
 class RunDetail:
     run: TaskRun
     task: Task
-    #: The run's steps in order (empty until run steps are recorded).
-    steps: list[Any]
+    #: The run's steps in order.
+    steps: list[RunStep]
     attempts: list[Attempt]
 
     @property
     def live(self) -> bool:
         return self.run.status in (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+
+    @property
+    def stream_after(self) -> str:
+        """The event id the page's events stream starts after: what the page shows, except that
+        a step still running is streamed again from its start, so that the text it has streamed
+        so far (and goes on streaming) reaches a page opened in its middle."""
+        running = [step.start_seq for step in self.steps if step.status == StepStatus.RUNNING.value]
+        return f"{min(running) - 1}-0" if running else f"{self.run.event_seq}-0"
 
 
 def run_detail(session: Session, user_id: uuid.UUID, run_id: uuid.UUID) -> RunDetail:
@@ -136,21 +145,8 @@ def run_detail(session: Session, user_id: uuid.UUID, run_id: uuid.UUID) -> RunDe
     if row is None:
         raise NotFound("run not found")
     run, task = row
-    steps = run_steps(session, run.id)
+    steps = list(list_steps(session, run.id))
     return RunDetail(run, task, steps, attempts_of(run, steps))
-
-
-def run_steps(session: Session, run_id: uuid.UUID) -> list[Any]:
-    """The run's recorded steps in order, or [] where this build records none."""
-    import app.models as models
-
-    step_model = getattr(models, "RunStep", None)
-    if step_model is None:
-        return []
-    order = [step_model.index]
-    if hasattr(step_model, "attempt"):
-        order.append(step_model.attempt)
-    return list(session.scalars(select(step_model).where(step_model.run_id == run_id).order_by(*order)))
 
 
 def attempts_of(run: TaskRun, steps: Sequence[Any]) -> list[Attempt]:

@@ -3,6 +3,7 @@
 // - the new-task form's timezone defaults to the browser's
 // - "select all" checkboxes for the operators' bulk actions
 // - confirmation before cancelling or revoking
+// - the live answer emptied when the running step changes
 (function () {
   "use strict";
   var format = new Intl.DateTimeFormat(undefined, {
@@ -46,6 +47,14 @@
     if (question && !window.confirm(question)) event.preventDefault();
   }
 
+  // The live answer shows the running step's text: a step (or the run) changing empties it,
+  // and the step that runs next streams into it.
+  function onSseMessage(event) {
+    if (event.target.id !== "run-body" || !event.detail || event.detail.type !== "changed") return;
+    var output = document.getElementById("live-output");
+    if (output) output.textContent = "";
+  }
+
   function init(root) {
     localizeTimes(root);
     defaultTimezone(root);
@@ -55,4 +64,5 @@
   document.addEventListener("htmx:afterSettle", function (event) { init(event.target); });
   document.addEventListener("change", onSelectAll);
   document.addEventListener("submit", onSubmit);
+  document.addEventListener("htmx:sseMessage", onSseMessage);
 })();
