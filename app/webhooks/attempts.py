@@ -72,7 +72,12 @@ _RUN_FIELDS = [
     "started_at",
     "finished_at",
     "tokens_used",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "step_count",
     "credits_used",
+    "tokens_over_budget",
     "result",
     "error",
 ]

@@ -32,7 +32,8 @@ def truncate_utf8(text: str, max_bytes: int) -> tuple[str, bool]:
 
 
 def run_data(run: TaskRun) -> dict[str, Any]:
-    """The run view, with the result capped."""
+    """The run view (api.schemas.views.run_view, which app/ cannot import: the unit test
+    test_the_payload_carries_the_run_view keeps the two the same), with the result capped."""
     result, truncated = (None, False) if run.result is None else truncate_utf8(run.result, RESULT_MAX_BYTES)
     return {
         "id": str(run.id),
@@ -41,13 +42,18 @@ def run_data(run: TaskRun) -> dict[str, Any]:
         "scheduledFor": iso(run.scheduled_for),
         "status": run.status,
         "priority": run.priority,
-        "attempts": run.attempts,
+        "attempts": min(run.attempts, run.max_attempts),
         "maxAttempts": run.max_attempts,
         "queuedAt": iso(run.queued_at),
         "startedAt": iso(run.started_at),
         "finishedAt": iso(run.finished_at),
         "tokensUsed": run.tokens_used,
+        "promptTokens": run.prompt_tokens,
+        "completionTokens": run.completion_tokens,
+        "cachedTokens": run.cached_tokens,
+        "steps": run.step_count,
         "creditsUsed": run.credits_used,
+        "tokensOverBudget": run.tokens_over_budget,
         "result": result,
         "resultTruncated": truncated,
         "error": run.error,

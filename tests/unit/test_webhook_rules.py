@@ -204,3 +204,34 @@ def test_a_wrong_webhook_secrets_key_stops_the_process_naming_it():
 
     with pytest.raises(ConfigurationError, match="WEBHOOK_SECRETS_KEY"):
         load_settings(webhook_secrets_key="not-a-key")
+
+
+def test_the_payload_carries_the_run_view():
+    """`data` is the run as GET /api/runs/{id} shows it (CONTRACT "Webhooks"), plus resultTruncated."""
+    from api.schemas.views import run_view
+
+    run = TaskRun(
+        id=uuid.uuid4(),
+        task_id=uuid.uuid4(),
+        trigger="schedule",
+        scheduled_for=datetime(2026, 12, 1, 9, tzinfo=UTC),
+        status="failed",
+        priority="high",
+        attempts=5,  # one past the last: the view caps it
+        max_attempts=4,
+        queued_at=datetime(2026, 12, 1, 9, tzinfo=UTC),
+        started_at=datetime(2026, 12, 1, 9, 0, 1, 500_000, tzinfo=UTC),
+        finished_at=datetime(2026, 12, 1, 9, 1, tzinfo=UTC),
+        tokens_used=90,
+        prompt_tokens=60,
+        completion_tokens=30,
+        cached_tokens=20,
+        step_count=3,
+        credits_used=2,
+        tokens_over_budget=7,
+        result=None,
+        error={"code": "provider_error", "message": "x"},
+    )
+    data = json.loads(event_body("run.failed", run.finished_at, run))["data"]
+    assert data.pop("resultTruncated") is False
+    assert data == json.loads(json.dumps(run_view(run)))
