@@ -1,5 +1,6 @@
-"""Final outcomes of deliveries: a 410 ends the user's other pending deliveries to that URL, and
-`agentsched_webhook_deliveries_total` counts deliveries (not attempts) by outcome."""
+"""What becomes of deliveries: the metrics by outcome (`agentsched_webhook_deliveries_total` counts
+deliveries, not attempts), a 410 ending the user's other pending deliveries to that URL, and
+finished rows deleted after their retention."""
 
 from __future__ import annotations
 
@@ -13,11 +14,34 @@ from app.models import WebhookDelivery
 from app.providers.offline import OfflineProvider
 from app.services.execution import RunEnvironment, execute_run
 from app.webhooks.attempts import DeliveryEnvironment, attempt_delivery
-from tests.integration.test_webhooks import execute, new_secret
+from tests.integration.test_webhooks import execute, new_secret, wait_for_delivery_status
 
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_deliveries_are_counted_by_outcome_and_their_latency_observed(
+    hook_client, make_account, receiver, start_worker, session_factory, hook_settings
+):
+    before = {
+        "retrying": metric("agentsched_webhook_attempts_total", outcome="retrying"),
+        "delivered": metric("agentsched_webhook_attempts_total", outcome="delivered"),
+        "latency": metric("agentsched_webhook_delivery_latency_seconds_count"),
+        "final": metric("agentsched_webhook_deliveries_total", outcome="delivered"),
+    }
+    account = make_account()
+    receiver.secrets = [new_secret(hook_client, account)]
+    receiver.script = [500]
+    created = execute(hook_client, account, {"url": receiver.url})
+    start_worker(run_settings=hook_settings)
+    receiver.wait_for(2)
+    wait_for_delivery_status(session_factory, created["runId"])
+    assert metric("agentsched_webhook_attempts_total", outcome="retrying") == before["retrying"] + 1
+    assert metric("agentsched_webhook_attempts_total", outcome="delivered") == before["delivered"] + 1
+    assert metric("agentsched_webhook_delivery_latency_seconds_count") == before["latency"] + 1
+    # One delivery, two attempts: deliveries count the delivery once, by its final outcome.
+    assert metric("agentsched_webhook_deliveries_total", outcome="delivered") == before["final"] + 1
 
 
 def test_a_410_fails_the_users_other_pending_deliveries_to_that_url_and_counts_each_once(

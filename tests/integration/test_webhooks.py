@@ -296,35 +296,6 @@ def test_another_users_run_deliveries_are_404(hook_client, make_account, session
     assert hook_client.post("/api/me/webhook-secret").status_code == 401
 
 
-def metric(name: str, **labels: str) -> float:
-    from app.metrics import REGISTRY
-
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def test_deliveries_are_counted_by_outcome_and_their_latency_observed(
-    hook_client, make_account, receiver, start_worker, session_factory, hook_settings
-):
-    before = {
-        "retrying": metric("agentsched_webhook_attempts_total", outcome="retrying"),
-        "delivered": metric("agentsched_webhook_attempts_total", outcome="delivered"),
-        "latency": metric("agentsched_webhook_delivery_latency_seconds_count"),
-        "final": metric("agentsched_webhook_deliveries_total", outcome="delivered"),
-    }
-    account = make_account()
-    receiver.secrets = [new_secret(hook_client, account)]
-    receiver.script = [500]
-    created = execute(hook_client, account, {"url": receiver.url})
-    start_worker(run_settings=hook_settings)
-    receiver.wait_for(2)
-    wait_for_delivery_status(session_factory, created["runId"])
-    assert metric("agentsched_webhook_attempts_total", outcome="retrying") == before["retrying"] + 1
-    assert metric("agentsched_webhook_attempts_total", outcome="delivered") == before["delivered"] + 1
-    assert metric("agentsched_webhook_delivery_latency_seconds_count") == before["latency"] + 1
-    # One delivery, two attempts: deliveries count the delivery once, by its final outcome.
-    assert metric("agentsched_webhook_deliveries_total", outcome="delivered") == before["final"] + 1
-
-
 def test_a_delivery_that_keeps_failing_gives_up_after_webhook_retry_hours(
     make_account, receiver, start_worker, session_factory
 ):
