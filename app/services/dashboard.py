@@ -111,7 +111,7 @@ def task_runs_page(
 class Attempt:
     number: int
     error: dict[str, Any] | None
-    steps: list[Any] = field(default_factory=list)
+    steps: list[RunStep] = field(default_factory=list)
 
 
 @dataclass
@@ -149,20 +149,19 @@ def run_detail(session: Session, user_id: uuid.UUID, run_id: uuid.UUID) -> RunDe
     return RunDetail(run, task, steps, attempts_of(run, steps))
 
 
-def attempts_of(run: TaskRun, steps: Sequence[Any]) -> list[Attempt]:
+def attempts_of(run: TaskRun, steps: Sequence[RunStep]) -> list[Attempt]:
     """One entry per attempt with its error: recorded when it was retried (`attempt_errors`),
     else its failed steps', and the run's own error on its last attempt."""
     if not run.attempts:
         return []
     attempts = [Attempt(number, None) for number in range(1, run.attempts + 1)]
     for step in steps:
-        number = int(getattr(step, "attempt", 0) or 0)
+        number = step.attempt
         if 1 <= number <= len(attempts):
             attempts[number - 1].steps.append(step)
-            error = getattr(step, "error", None)
-            if error and attempts[number - 1].error is None:
-                attempts[number - 1].error = error if isinstance(error, dict) else {"message": str(error)}
-    for entry in getattr(run, "attempt_errors", None) or []:
+            if step.error and attempts[number - 1].error is None:
+                attempts[number - 1].error = step.error
+    for entry in run.attempt_errors or []:
         number = int(entry.get("attempt") or 0)
         if 1 <= number <= len(attempts) and entry.get("error"):
             attempts[number - 1].error = entry["error"]
