@@ -148,7 +148,9 @@ def lookup(session: Session, user_id: uuid.UUID, key: str, print_: str, now: dat
     row = session.execute(_READ, {"user_id": user_id, "key": key, "now": now}).first()
     if row is None:
         return None
-    stored_print, status_code, response = row.tuple()
+    stored_print: str = row.fingerprint
+    status_code: int | None = row.status_code
+    response: Any = row.response
     if stored_print != print_:
         raise IdempotencyKeyReused(f"this {HEADER} was used with a different request in the last 24 hours")
     if status_code is None:
