@@ -53,7 +53,6 @@ broker = RedisBroker(  # type: ignore[no-untyped-call]
 )
 dramatiq.set_broker(broker)
 
-from actors import runs  # noqa: E402  (actors bind to the broker above)
-from actors import webhooks  # noqa: E402
+from actors import runs, webhooks  # noqa: E402  (actors bind to the broker above)
 
 __all__ = ["broker", "runs", "settings", "webhooks"]
