@@ -68,11 +68,22 @@ def cancel_run(
     settings: Settings,
     now: datetime,
 ) -> TaskRun:
-    """Cancel one queued or running run (`user_id` None: an operator, any user's run)."""
+    """Cancel one queued or running run (`user_id` None: an operator, any user's run).
+
+    Locks run(s) -> user -> task, the rule of app.services.task_control.
+    """
+    query = select(TaskRun).where(TaskRun.id == run_id)
+    if user_id is not None:
+        query = query.where(TaskRun.user_id == user_id)
+    found = session.scalar(query)
+    if found is None:
+        raise NotFound("run not found")
+    task_control.lock_for_cancel(session, [found.task_id])
     run = _run_for_update(session, run_id, user_id)
+    session.refresh(run)
     if run.status not in (RunStatus.QUEUED.value, RunStatus.RUNNING.value):
         raise Conflict(f"the run has already ended ({run.status})")
-    task = session.get(Task, run.task_id, with_for_update=True)
+    task = session.get(Task, run.task_id, populate_existing=True)
     assert task is not None
     if task.cron is None:
         task_control.cancel_task(session, run.user_id, task.id, settings=settings, now=now)
@@ -114,9 +125,17 @@ def bulk_retry(session: Session, run_ids: Sequence[uuid.UUID], *, now: datetime)
 def bulk_cancel(
     session: Session, run_ids: Sequence[uuid.UUID], *, settings: Settings, now: datetime
 ) -> BulkResult:
-    """An operator's cancel of many queued or running runs (any user's)."""
+    """An operator's cancel of many queued or running runs (any user's).
+
+    Everything the cancels write is locked first, all runs, then all users, then all tasks
+    (task_control.lock_for_cancel): one-run-at-a-time locking would hold one run's user and
+    task while waiting for the next run, which a finishing run may hold waiting for that user.
+    """
     result = BulkResult()
-    for run_id in list(dict.fromkeys(run_ids))[:BULK_MAX]:
+    wanted = list(dict.fromkeys(run_ids))[:BULK_MAX]
+    task_ids = session.scalars(select(TaskRun.task_id).where(TaskRun.id.in_(wanted))).all()
+    task_control.lock_for_cancel(session, task_ids)
+    for run_id in wanted:
         try:
             with session.begin_nested():
                 cancel_run(session, None, run_id, settings=settings, now=now)

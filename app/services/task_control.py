@@ -1,8 +1,17 @@
-"""Changing a task after creation: edit, pause/resume, run now, cancel."""
+"""Changing a task after creation: edit, pause/resume, run now, cancel.
+
+Lock order (the rule for every transaction that locks more than one of these rows): a task's
+runs first (by id), then their user, then the task: run(s) -> user -> task. The run's own
+statements (claim, finish, requeue, hand-back: app.services.runs, app.services.leases) take
+them in that order (the `task_runs` triggers update the user's `running_runs` as the run's row
+changes, then the task follows), so a cancel takes them in that order too (`lock_for_cancel`);
+two transactions that both follow it cannot deadlock.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import select, text
@@ -11,7 +20,7 @@ from sqlalchemy.orm import Session
 from app import metrics
 from app.cron import parse_schedule
 from app.errors import Conflict, InvalidInput
-from app.models import Task, TaskRun
+from app.models import Task, TaskRun, User
 from app.models.enums import RunStatus, TaskStatus, Trigger
 from app.services import credits
 from app.services.dispatch import Dispatch
@@ -114,7 +123,9 @@ def cancel_task(
 ) -> Task:
     """Cancel queued runs at once, ask a running one to stop at its next model call, disable
     the schedule. Credits held by cancelled runs are released (tokens already spent are charged)."""
-    task = get_task(session, user_id, task_id, for_update=True)
+    task = get_task(session, user_id, task_id)
+    lock_for_cancel(session, [task.id])
+    session.refresh(task)
     queued = session.scalars(
         select(TaskRun)
         .where(TaskRun.task_id == task.id, TaskRun.status == RunStatus.QUEUED.value)
@@ -136,3 +147,33 @@ def cancel_task(
     task.updated_at = now
     session.flush()
     return task
+
+
+_LIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+
+
+def lock_for_cancel(session: Session, task_ids: Collection[uuid.UUID]) -> None:
+    """Lock what cancelling these tasks' runs writes, in the rule's order (module docstring):
+    their queued and running runs (by id), then their users (by id), then the tasks (by id).
+    Users and tasks are locked FOR NO KEY UPDATE, as an UPDATE locks them, so a run or ledger
+    row inserted meanwhile (its foreign key's KEY SHARE) does not wait for the cancel.
+
+    A run queued for one of them after this (run now, the scheduling pass) is locked by its
+    cancel after the task: the one step outside the rule, only while it races its own claim.
+    """
+    ids = sorted(set(task_ids))
+    if not ids:
+        return
+    session.execute(
+        select(TaskRun.id)
+        .where(TaskRun.task_id.in_(ids), TaskRun.status.in_(_LIVE))
+        .order_by(TaskRun.id)
+        .with_for_update()
+    ).all()
+    user_ids = select(Task.user_id).where(Task.id.in_(ids)).scalar_subquery()
+    session.execute(
+        select(User.id).where(User.id.in_(user_ids)).order_by(User.id).with_for_update(key_share=True)
+    ).all()
+    session.execute(
+        select(Task.id).where(Task.id.in_(ids)).order_by(Task.id).with_for_update(key_share=True)
+    ).all()
