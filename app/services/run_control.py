@@ -70,7 +70,7 @@ def cancel_run(
 ) -> TaskRun:
     """Cancel one queued or running run (`user_id` None: an operator, any user's run).
 
-    Locks run(s) -> user -> task, the rule of app.services.task_control.
+    Locks run(s) -> task -> user, the rule of app.services.task_control.
     """
     query = select(TaskRun).where(TaskRun.id == run_id)
     if user_id is not None:
@@ -127,9 +127,9 @@ def bulk_cancel(
 ) -> BulkResult:
     """An operator's cancel of many queued or running runs (any user's).
 
-    Everything the cancels write is locked first, all runs, then all users, then all tasks
-    (task_control.lock_for_cancel): one-run-at-a-time locking would hold one run's user and
-    task while waiting for the next run, which a finishing run may hold waiting for that user.
+    Everything the cancels write is locked first, all runs, then all tasks, then all users
+    (task_control.lock_for_cancel): one-run-at-a-time locking would hold one run's task and
+    user while waiting for the next run, which a finishing run may hold waiting for that user.
     """
     result = BulkResult()
     wanted = list(dict.fromkeys(run_ids))[:BULK_MAX]

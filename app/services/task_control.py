@@ -1,11 +1,13 @@
 """Changing a task after creation: edit, pause/resume, run now, cancel.
 
 Lock order (the rule for every transaction that locks more than one of these rows): a task's
-runs first (by id), then their user, then the task: run(s) -> user -> task. The run's own
-statements (claim, finish, requeue, hand-back: app.services.runs, app.services.leases) take
-them in that order (the `task_runs` triggers update the user's `running_runs` as the run's row
-changes, then the task follows), so a cancel takes them in that order too (`lock_for_cancel`);
-two transactions that both follow it cannot deadlock.
+runs first (by id), then the task, then its user: run(s) -> task -> user. A run's finish,
+requeue and hand-back take them in that order (one statement each: app.services.runs,
+app.services.leases; the user's row last, by the credit CTEs and the `task_runs` triggers
+that keep `running_runs`), run now and the scheduling pass lock the task before the user, and
+a cancel takes the same order (`lock_for_cancel`). Two transactions that both follow it
+cannot deadlock. The claim (runs._CLAIM) locks the run, then the user, then a one-off task;
+the run's lock comes first there too, so it is serialized with every cancel of that run.
 """
 
 from __future__ import annotations
@@ -154,8 +156,8 @@ _LIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 
 def lock_for_cancel(session: Session, task_ids: Collection[uuid.UUID]) -> None:
     """Lock what cancelling these tasks' runs writes, in the rule's order (module docstring):
-    their queued and running runs (by id), then their users (by id), then the tasks (by id).
-    Users and tasks are locked FOR NO KEY UPDATE, as an UPDATE locks them, so a run or ledger
+    their queued and running runs (by id), then the tasks (by id), then their users (by id).
+    Tasks and users are locked FOR NO KEY UPDATE, as an UPDATE locks them, so a run or ledger
     row inserted meanwhile (its foreign key's KEY SHARE) does not wait for the cancel.
 
     A run queued for one of them after this (run now, the scheduling pass) is locked by its
@@ -170,10 +172,10 @@ def lock_for_cancel(session: Session, task_ids: Collection[uuid.UUID]) -> None:
         .order_by(TaskRun.id)
         .with_for_update()
     ).all()
+    session.execute(
+        select(Task.id).where(Task.id.in_(ids)).order_by(Task.id).with_for_update(key_share=True)
+    ).all()
     user_ids = select(Task.user_id).where(Task.id.in_(ids)).scalar_subquery()
     session.execute(
         select(User.id).where(User.id.in_(user_ids)).order_by(User.id).with_for_update(key_share=True)
-    ).all()
-    session.execute(
-        select(Task.id).where(Task.id.in_(ids)).order_by(Task.id).with_for_update(key_share=True)
     ).all()

@@ -1,8 +1,8 @@
-"""Cancels racing run ends: every path locks run(s) -> user -> task, so none deadlocks.
+"""Cancels racing run ends: every path locks run(s) -> task -> user, so none deadlocks.
 
-The ends of a run (claim, finish, requeue, hand-back) lock the run, then its user, then its
-task, in one statement each; the cancels (task cancel, run cancel, bulk cancel) take the same
-order (app.services.task_control). Before that rule a cancel locked the task first and
+The ends of a run (finish, requeue, hand-back) lock the run, then its task, then its user, in
+one statement each; the cancels (task cancel, run cancel, bulk cancel) take the same order
+(app.services.task_control). Before that rule a cancel locked the task, then its runs, and
 Postgres aborted it or the finish with `deadlock detected` (a 500 for the cancel).
 """
 
@@ -131,5 +131,52 @@ def test_the_cancel_api_never_answers_500_while_runs_finish(
 
         assert _race(finish, cancel) == []
     assert set(codes) <= {200}
+    with session_factory() as session:
+        assert credit_books.audit(session)[1] == []
+
+
+def test_run_now_racing_run_ends_of_its_task_never_deadlocks(
+    client, make_account, session_factory: sessionmaker[Session], settings: Settings
+):
+    """Run now holds the task and inserts a run (its foreign key share-locks the user); the
+    finish holds the user and waits for the task: the user's lock in a finish must not block
+    that share lock (FOR NO KEY UPDATE, not FOR UPDATE)."""
+    account = make_account(plan="pro")
+    with session_factory.begin() as session:
+        concurrency.set_limit(session, account.user_id, 2 * PAIRS)
+    schedule = {"enabled": True, "cron": "0 9 * * *", "timezone": "UTC"}
+    task_ids = [
+        uuid.UUID(
+            client.post(
+                "/api/agent/execute",
+                json={"goal": f"race {n}", "agentType": "research_agent", "schedule": schedule},
+                headers=account.headers,
+            ).json()["taskId"]
+        )
+        for n in range(PAIRS // 2)
+    ]
+    errors: list[BaseException] = []
+    for task_id in task_ids:
+        with session_factory.begin() as session:
+            run, _ = task_control.run_now(session, account.user_id, task_id, now=datetime.now(UTC))
+            run_id = run.id
+        claimed = _claim(session_factory, run_id)
+
+        def finish(claimed: ClaimedRun = claimed) -> None:
+            with session_factory.begin() as session:
+                runs.finish(
+                    session,
+                    claimed,
+                    Outcome(tokens=900, result="done"),
+                    tokens_per_credit=settings.tokens_per_credit,
+                    now=datetime.now(UTC),
+                )
+
+        def run_now(task_id: uuid.UUID = task_id) -> None:
+            with session_factory.begin() as session:
+                task_control.run_now(session, account.user_id, task_id, now=datetime.now(UTC))
+
+        errors += _race(finish, run_now)
+    assert [repr(error) for error in errors] == []
     with session_factory() as session:
         assert credit_books.audit(session)[1] == []
