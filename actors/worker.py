@@ -12,7 +12,6 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
-from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -22,6 +21,7 @@ from app.db import make_engine, make_session_factory
 from app.metrics_sharing import MetricsPublisher
 from app.providers import deadline_http, make_provider
 from app.providers.ratelimit import track_call
+from app.redis_client import shared_client
 from app.services.dead_workers import record_broker_heartbeat
 from app.services.execution import RunEnvironment
 from app.services.leases import LeaseKeeper
@@ -74,7 +74,7 @@ def run_environment(threads: int | None = None) -> RunEnvironment:
                         heartbeat_s=_settings.run_heartbeat_s,
                         on_beat=_broker_heartbeat,
                     ),
-                    deltas=DeltaPublisher(Redis.from_url(_settings.broker_url)),
+                    deltas=DeltaPublisher(shared_client(_settings.broker_url)),
                 )
     return _environment
 

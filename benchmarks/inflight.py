@@ -529,7 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=256)
     parser.add_argument("--delay", type=float, default=1.0, help="seconds the model takes per call")
     parser.add_argument("--no-stream", action="store_true", help="LLM_STREAM=false: plain JSON answers")
-    parser.add_argument("--users", type=int, default=1)
+    parser.add_argument(
+        "--users", type=int, default=32, help="owners of the runs: 32 enterprise users hold 640 run slots"
+    )
     parser.add_argument(
         "--concurrency-env",
         default="unset",

@@ -284,8 +284,8 @@ def rate_limited(
     provider: ModelProvider, *, rpm: int | None, tpm: int | None, redis_url: str
 ) -> ModelProvider:
     """`provider` behind the shared budget (when LLM_RPM or LLM_TPM is set) and 429 handling."""
-    from redis import Redis
+    from app.redis_client import shared_client
 
-    client = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = shared_client(redis_url, socket_timeout=5, socket_connect_timeout=5)
     budget = ProviderBudget(client, rpm=rpm, tpm=tpm) if rpm or tpm else None
     return RateLimitedProvider(provider, budget, board=WaitBoard(client))
