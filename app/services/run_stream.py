@@ -67,6 +67,11 @@ class _Cursor:
         self.status_sent = position != (0, 0)
         #: Steps seen running: their start's event number → index.
         self.open_steps: dict[int, int] = {}
+        if position != (0, 0) and position[1] != _END:
+            # Resumed after a step's start or one of its pieces: that step may still be running,
+            # and its row (written at that number) is not read again, so keep its pieces coming.
+            # When the number was a status or a step's end, no piece carries it: nothing comes.
+            self.open_steps[position[0]] = -1
 
     def passed(self, position: tuple[int, int]) -> bool:
         return position <= self.position

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 from app.models import RunStep, TaskRun
+from app.services.run_deltas import deltas_key
 from app.services.run_feed import RunFeed
 from app.services.run_stream import Snapshot, parse_event_id, run_events
 
@@ -62,3 +63,38 @@ def test_event_ids_parse_and_bad_ones_start_over():
     assert parse_event_id("12-3") == (12, 3)
     assert parse_event_id("12-end") > parse_event_id("12-999999")
     assert parse_event_id("garbage") == (0, 0)
+
+
+def test_a_stream_resumed_in_the_middle_of_a_step_gets_the_rest_of_its_pieces(settings):
+    async def scenario() -> list[tuple[str, str]]:
+        feed = RunFeed(settings.broker_url)
+        await feed.start()
+        run = _run("running", 1)
+        key = deltas_key(run.id)
+        for n, text in enumerate(["one ", "two ", "three"], start=1):
+            await feed.redis.xadd(key, {"index": "0", "text": text}, id=f"2-{n}")
+        snapshots = [
+            Snapshot(_run("running", 1), []),  # the running step was written at 2: not after it
+            Snapshot(_run("completed", 4), [_step(0, "completed", 3, 2)]),
+        ]
+
+        async def read(after_seq: int) -> Snapshot:
+            return snapshots.pop(0)
+
+        events = run_events(
+            feed,
+            run.id,
+            read,
+            Snapshot(run, []),
+            "2-1",  # the client saw the step start and its first piece
+            step_view=lambda s: {"index": s.index, "status": s.status},
+            run_view=lambda r: {"status": r.status},
+            keepalive_s=0.2,
+        )
+        seen = [(event.id, event.event) async for event in events if event is not None]
+        await feed.redis.delete(key)
+        await feed.stop()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen == [("2-2", "delta"), ("2-3", "delta"), ("3-0", "step"), ("4-0", "status"), ("4-end", "end")]
