@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.models.enums import Priority
+from app.services.run_rows import status_is
 
 #: Queue per priority (the Redis broker has no message priority); actors bind one each.
 QUEUE_PREFIX = "runs"
@@ -41,11 +42,11 @@ class Dispatch:
 
 
 _MARK_SENT = text(
-    """
+    f"""
     UPDATE task_runs AS r
        SET message_sent_at = :now, message_id = s.message_id
       FROM unnest(CAST(:run_ids AS uuid[]), CAST(:message_ids AS text[])) AS s(run_id, message_id)
-     WHERE r.id = s.run_id AND r.status = 'queued'
+     WHERE r.id = s.run_id AND {status_is("queued", "r")}
     """
 )
 

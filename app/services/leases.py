@@ -27,29 +27,32 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.clock import Clock
 from app.providers import deadline_http
 from app.services.dispatch import Dispatch
+from app.services.run_rows import status_is
 from app.services.runs import RUN_EVENTS_CHANNEL
 
 logger = logging.getLogger(__name__)
 
+_RUNNING = status_is("running")
+
 _RENEW = text(
-    """
+    f"""
     UPDATE task_runs AS r
        SET lease_expires_at = :now + :lease_ms * interval '1 millisecond'
       FROM unnest(CAST(:run_ids AS uuid[]), CAST(:attempts AS integer[])) AS held(run_id, attempt)
-     WHERE r.id = held.run_id AND r.attempts = held.attempt AND r.status = 'running'
+     WHERE r.id = held.run_id AND r.attempts = held.attempt AND {status_is("running", "r")}
     """
 )
 
 # Back to the queue at once, lease released; the attempt is given back too (this worker made no
 # decision about the run, so it must not use up one of its retries).
 _HAND_BACK = text(
-    """
+    f"""
     WITH handed AS (
         UPDATE task_runs
            SET status = 'queued', attempts = attempts - 1, lease_expires_at = NULL,
                not_before = NULL, message_sent_at = NULL, message_id = NULL,
                event_seq = event_seq + 1, status_seq = event_seq + 1
-         WHERE id = :run_id AND status = 'running' AND attempts = :attempt
+         WHERE id = :run_id AND {_RUNNING} AND attempts = :attempt
         RETURNING id, task_id, priority, watched_until > :now AS watched
     ), task_follows AS (
         UPDATE tasks SET status = 'queued', updated_at = :now

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.services.concurrency import release_stranded
 from app.services.dead_workers import requeue_dead_workers_messages
 from app.services.dispatch import Dispatch, queue_name
+from app.services.run_rows import status_is
 from app.services.stats import delayed_messages_key, messages_key
 
 logger = logging.getLogger(__name__)
@@ -75,11 +76,11 @@ _STUCK = text(
 )
 
 _MARK_RESENT_RUNNING = text(
-    """
+    f"""
     UPDATE task_runs AS r
        SET message_sent_at = :now, message_id = s.message_id
       FROM unnest(CAST(:run_ids AS uuid[]), CAST(:message_ids AS text[])) AS s(run_id, message_id)
-     WHERE r.id = s.run_id AND r.status = 'running'
+     WHERE r.id = s.run_id AND {status_is("running", "r")}
     """
 )
 

@@ -33,6 +33,7 @@ from app.errors import RunFailure
 from app.models import RunStep
 from app.models.enums import StepStatus
 from app.providers.base import Completion
+from app.services.run_rows import status_is
 from app.services.runs import RUN_EVENTS_CHANNEL
 
 logger = logging.getLogger(__name__)
@@ -42,11 +43,13 @@ _COMPLETED_OUTPUTS = text(
     "SELECT index, output FROM run_steps WHERE run_id = :run_id AND status = 'completed'"
 )
 
+_RUNNING = status_is("running")
+
 _START = text(
-    """
+    f"""
     WITH run AS (
         UPDATE task_runs SET event_seq = event_seq + 1
-         WHERE id = :run_id AND status = 'running' AND attempts = :attempt
+         WHERE id = :run_id AND {_RUNNING} AND attempts = :attempt
         RETURNING id, event_seq, (watched_until IS NOT NULL AND watched_until > :now) AS watched
     ), step AS (
         INSERT INTO run_steps (run_id, index, kind, title, status, attempt, model, started_at,
@@ -67,7 +70,7 @@ _START = text(
 )
 
 _END = text(
-    """
+    f"""
     WITH run AS (
         UPDATE task_runs
            SET event_seq = event_seq + 1,
@@ -76,7 +79,7 @@ _END = text(
                cached_tokens = cached_tokens + :cached_tokens,
                tokens_used = tokens_used + :prompt_tokens + :completion_tokens,
                step_count = step_count + CASE WHEN :status = 'completed' THEN 1 ELSE 0 END
-         WHERE id = :run_id AND status = 'running' AND attempts = :attempt
+         WHERE id = :run_id AND {_RUNNING} AND attempts = :attempt
         RETURNING id, task_id, event_seq, (watched_until IS NOT NULL AND watched_until > :now) AS watched
     ), task_totals AS (
         UPDATE tasks
@@ -93,7 +96,9 @@ _END = text(
                latency_ms = :latency_ms, waited_ms = :waited_ms, finished_at = :now, output = :output,
                error = CAST(:error AS jsonb), seq = run.event_seq
           FROM run
-         WHERE s.run_id = run.id AND s.index = :index AND s.attempt = :attempt
+         -- the key from the parameters, not from `run`: joined on run.id, the planner (with
+         -- statistics from when run_steps was small) scanned the whole primary key for `index`
+         WHERE s.run_id = :run_id AND s.index = :index AND s.attempt = :attempt
         RETURNING s.run_id, s.seq
     )
     SELECT seq, CASE WHEN watched THEN pg_notify(:channel, CAST(run_id AS text)) END FROM step, run

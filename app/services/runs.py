@@ -21,14 +21,19 @@ from app.models import Task, TaskRun
 from app.models.enums import RunStatus, Trigger
 from app.services import concurrency, credits
 from app.services.dispatch import Dispatch
+from app.services.run_rows import status_is
 from app.services.task_input import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_MS
 from app.webhooks.outbox import insert_deliveries_sql, stash_row
 
 RUN_FINISHED_CHANNEL = "agentsched_run_finished"
+
 #: Notified (payload: the run id) on every status change and step write of a run while it is
 #: watched (`watched_until`); each takes the run's next `event_seq` (the order of its live
 #: events, app.services.run_stream).
 RUN_EVENTS_CHANNEL = "agentsched_run_events"
+
+
+_RUNNING = status_is("running")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +176,7 @@ def claim_run(
 
 
 _REQUEUE = text(
-    """
+    f"""
     WITH requeued AS (
         UPDATE task_runs
            SET status = 'queued', not_before = :not_before, lease_expires_at = NULL,
@@ -181,7 +186,7 @@ _REQUEUE = text(
                    jsonb_build_object('attempt', CAST(:attempt AS int), 'error', CAST(:error AS jsonb),
                                      'at', CAST(:now AS timestamptz))),
                event_seq = event_seq + 1, status_seq = event_seq + 1
-         WHERE id = :run_id AND status = 'running' AND attempts = :attempt
+         WHERE id = :run_id AND {_RUNNING} AND attempts = :attempt
         RETURNING id, task_id, watched_until > :now AS watched
     ), task_follows AS (
         -- The totals of the task include the tokens of attempts whose run waits for a retry:
@@ -210,7 +215,7 @@ _FINISH = text(
                attempts = LEAST(attempts, max_attempts),
                event_seq = event_seq + 1, status_seq = event_seq + 1,
                result = :result, error = CAST(:error AS jsonb)
-         WHERE id = :run_id AND status = 'running' AND attempts = :attempt
+         WHERE id = :run_id AND {_RUNNING} AND attempts = :attempt
         RETURNING id, task_id, user_id
     ), {credits.PAYER_CTE}, charged AS (
         INSERT INTO credit_ledger (user_id, run_id, kind, amount, tokens, period)
@@ -317,10 +322,7 @@ def notify_finished(session: Session, run_id: uuid.UUID) -> None:
     Its status changed: that takes the run's next event number, for its live event stream.
     """
     session.execute(
-        text(
-            "UPDATE task_runs SET event_seq = event_seq + 1, status_seq = event_seq + 1"
-            " WHERE id = :run_id"
-        ),
+        text("UPDATE task_runs SET event_seq = event_seq + 1, status_seq = event_seq + 1 WHERE id = :run_id"),
         {"run_id": run_id},
     )
     session.execute(
