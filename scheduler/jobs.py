@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from redis import Redis
@@ -40,6 +41,8 @@ HEARTBEAT_INTERVAL_S = 10
 HEARTBEAT_TTL_S = 30
 #: Expired idempotency keys (and old webhook deliveries) are deleted this often.
 IDEMPOTENCY_CLEANUP_INTERVAL_S = 600
+#: The jobs that also run when the process starts, so a restart catches up at once.
+RUN_AT_START = frozenset({"scheduling_pass", "heartbeat"})
 #: Jobs run on this many threads; each job has max_instances=1, so they never pile up.
 EXECUTOR_THREADS = 4
 
@@ -114,11 +117,16 @@ def stop_heartbeat(ctx: SchedulerContext) -> None:
     clear_scheduler_heartbeat(ctx.redis_client, ctx.scheduler_id)
 
 
+def every(seconds: float) -> IntervalTrigger:
+    """A trigger every `seconds`, in UTC."""
+    return IntervalTrigger(seconds=seconds, timezone="UTC")
+
+
 def pass_trigger(poll_interval_s: int) -> CronTrigger | IntervalTrigger:
     """On the minute boundary when polling every 60 s (slots are whole minutes), else every N s."""
     if poll_interval_s == 60:
         return CronTrigger(second=0, timezone="UTC")
-    return IntervalTrigger(seconds=poll_interval_s, timezone="UTC")
+    return every(poll_interval_s)
 
 
 def add_jobs(scheduler: BaseScheduler, ctx: SchedulerContext) -> None:
@@ -129,63 +137,34 @@ def add_jobs(scheduler: BaseScheduler, ctx: SchedulerContext) -> None:
     processes are safe anyway) and misfire_grace_time=None: APScheduler's default of 1 s would
     drop a pass that starts late (a busy executor, a GC pause, a suspended VM), and a dropped
     pass leaves due tasks waiting a whole interval, while a late pass still queues everything
-    due, once. The pass and the heartbeat also run at start, so a restart catches up at once.
+    due, once. The pass and the heartbeat also run at start (`RUN_AT_START`).
     """
     now = ctx.clock.now()
-    common = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
-    scheduler.add_job(
-        scheduling_pass,
-        pass_trigger(ctx.settings.scheduler_poll_interval),
-        args=[ctx],
-        id="scheduling_pass",
-        name="scheduling pass",
-        next_run_time=now,
-        replace_existing=True,
-        **common,
-    )
-    scheduler.add_job(
-        reconcile_runs,
-        IntervalTrigger(seconds=ctx.settings.reconcile_interval_s, timezone="UTC"),
-        args=[ctx],
-        id="reconcile",
-        name="reconciler",
-        replace_existing=True,
-        **common,
-    )
-    scheduler.add_job(
-        expire_idempotency_keys,
-        IntervalTrigger(seconds=IDEMPOTENCY_CLEANUP_INTERVAL_S, timezone="UTC"),
-        args=[ctx],
-        id="idempotency_cleanup",
-        name="idempotency key cleanup",
-        replace_existing=True,
-        **common,
-    )
-    scheduler.add_job(
-        expire_webhook_deliveries,
-        IntervalTrigger(seconds=IDEMPOTENCY_CLEANUP_INTERVAL_S, timezone="UTC"),
-        args=[ctx],
-        id="webhook_delivery_cleanup",
-        name="webhook delivery cleanup",
-        replace_existing=True,
-        **common,
-    )
-    scheduler.add_job(
-        log_status,
-        IntervalTrigger(seconds=STATUS_INTERVAL_S, timezone="UTC"),
-        args=[ctx],
-        id="status",
-        name="status block",
-        replace_existing=True,
-        **common,
-    )
-    scheduler.add_job(
-        heartbeat,
-        IntervalTrigger(seconds=HEARTBEAT_INTERVAL_S, timezone="UTC"),
-        args=[ctx],
-        id="heartbeat",
-        name="heartbeat",
-        next_run_time=now,
-        replace_existing=True,
-        **common,
-    )
+    cleanup = every(IDEMPOTENCY_CLEANUP_INTERVAL_S)
+    jobs: list[tuple[str, str, Callable[[SchedulerContext], object], BaseTrigger]] = [
+        (
+            "scheduling_pass",
+            "scheduling pass",
+            scheduling_pass,
+            pass_trigger(ctx.settings.scheduler_poll_interval),
+        ),
+        ("reconcile", "reconciler", reconcile_runs, every(ctx.settings.reconcile_interval_s)),
+        ("idempotency_cleanup", "idempotency key cleanup", expire_idempotency_keys, cleanup),
+        ("webhook_delivery_cleanup", "webhook delivery cleanup", expire_webhook_deliveries, cleanup),
+        ("status", "status block", log_status, every(STATUS_INTERVAL_S)),
+        ("heartbeat", "heartbeat", heartbeat, every(HEARTBEAT_INTERVAL_S)),
+    ]
+    for job_id, name, job, trigger in jobs:
+        at_start = {"next_run_time": now} if job_id in RUN_AT_START else {}
+        scheduler.add_job(
+            job,
+            trigger,
+            args=[ctx],
+            id=job_id,
+            name=name,
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+            **at_start,
+        )
