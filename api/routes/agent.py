@@ -17,10 +17,11 @@ from api.idempotency import idempotent
 from api.schemas.openapi import API_KEY_SECURITY, answer, errors
 from api.schemas.requests import ExecuteBody
 from api.schemas.responses import FinishedRun, QueuedRun, ScheduledTask
-from api.schemas.views import iso, run_view, schedule_view
+from api.schemas.views import run_view, schedule_view
 from api.state import ApiState
 from app.services.task_input import ExecuteRequest, parse_execute_request
 from app.services.tasks import CreatedTask, create_task, get_run, is_finished
+from app.wire import iso
 
 
 def _create(state: ApiState, user_id: uuid.UUID, request: ExecuteRequest) -> CreatedTask:

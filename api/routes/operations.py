@@ -12,10 +12,10 @@ from litestar.di import NamedDependency, Provide
 from api.auth import require_cron_secret
 from api.schemas.openapi import CRON_SECURITY, errors
 from api.schemas.responses import QueueStats, SchedulingHealth, SchedulingPass
-from api.schemas.views import iso
 from api.state import ApiState
 from app.services.scheduling import run_scheduling_pass, scheduling_health
 from app.services.stats import queue_stats
+from app.wire import iso
 
 CRON = {"authorized": Provide(require_cron_secret, sync_to_thread=True)}
 

@@ -14,7 +14,6 @@ from api.auth import current_user_id
 from api.schemas.openapi import API_KEY_SECURITY, errors
 from api.schemas.params import PARAM_DECODERS, AfterParam, CronParam, TimezoneParam
 from api.schemas.responses import SchedulePreview
-from api.schemas.views import iso
 from api.state import ApiState
 from app.cron import known_timezones, parse_schedule
 from app.services.schedules import (
@@ -24,6 +23,7 @@ from app.services.schedules import (
     parse_preview_after,
     preview_fires,
 )
+from app.wire import iso
 
 Cron = Annotated[
     CronParam,

@@ -8,9 +8,9 @@ from pydantic import Field, StringConstraints
 
 from api.schemas.requests import RequestBody
 from api.schemas.responses import Id, IsoTime
-from api.schemas.views import iso
 from app.models import ApiKey
 from app.services.keys import KEY_NAME_MAX_CHARS
+from app.wire import iso
 
 #: No control characters (Unicode's Cc, NUL included): the rule of `app.services.keys.check_key_name`.
 NO_CONTROL_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"

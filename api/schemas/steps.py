@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-from api.schemas.views import iso
 from app.models import RunStep
+from app.wire import iso
 
 
 class StepView(TypedDict):

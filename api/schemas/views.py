@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import overload
+from datetime import datetime
+from typing import cast
 
 from api.schemas.responses import MeView, RunView, ScheduleView, TaskView
 from app.models import Task, TaskRun, User
+from app.services import run_views
 from app.services.credits import used_this_month
 from app.webhooks.deliveries import webhook_view
-
-
-@overload
-def iso(moment: datetime) -> str: ...
-@overload
-def iso(moment: None) -> None: ...
-@overload
-def iso(moment: datetime | None) -> str | None: ...
-
-
-def iso(moment: datetime | None) -> str | None:
-    """An instant on the wire: ISO 8601 UTC with Z, milliseconds."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from app.wire import iso
 
 
 def schedule_view(task: Task) -> ScheduleView | None:
@@ -62,28 +49,7 @@ def task_view(task: Task, recent_runs: Sequence[TaskRun] | None = None) -> TaskV
 
 
 def run_view(run: TaskRun) -> RunView:
-    return {
-        "id": str(run.id),
-        "taskId": str(run.task_id),
-        "trigger": run.trigger,
-        "scheduledFor": iso(run.scheduled_for),
-        "status": run.status,
-        "priority": run.priority,
-        "attempts": min(run.attempts, run.max_attempts),
-        "maxAttempts": run.max_attempts,
-        "queuedAt": iso(run.queued_at),
-        "startedAt": iso(run.started_at),
-        "finishedAt": iso(run.finished_at),
-        "tokensUsed": run.tokens_used,
-        "promptTokens": run.prompt_tokens,
-        "completionTokens": run.completion_tokens,
-        "cachedTokens": run.cached_tokens,
-        "steps": run.step_count,
-        "creditsUsed": run.credits_used,
-        "tokensOverBudget": run.tokens_over_budget,
-        "result": run.result,
-        "error": run.error,
-    }
+    return cast(RunView, run_views.run_view(run))
 
 
 def me_view(user: User, now: datetime) -> MeView:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.errors import NotFound
 from app.models import Task, TaskRun, WebhookDelivery
 from app.webhooks.addresses import WebhookConfig
-from app.webhooks.payload import iso
+from app.wire import iso
 
 
 def list_deliveries(
