@@ -5,11 +5,15 @@ from __future__ import annotations
 import hmac
 import time
 import uuid
+from typing import TypedDict
 
 from litestar import Request
 from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi.spec import SecurityRequirement
 from pydantic import SecretStr
 
+from api.schemas.openapi import API_KEY_SECURITY, CRON_SECURITY
 from api.state import ApiState
 from app.errors import NotAuthenticated
 from app.services.accounts import hash_api_key
@@ -58,3 +62,22 @@ def require_cron_secret(request: Request[object, object, State]) -> None:
     matches = [hmac.compare_digest(token, secret) for secret in accepted]
     if not any(matches):
         raise NotAuthenticated("wrong cron secret")
+
+
+class HandlerAuth(TypedDict):
+    """A route decorator's authentication arguments: `@get(path, **USER_AUTH, ...)`."""
+
+    dependencies: dict[str, Provide]
+    security: list[SecurityRequirement]
+
+
+#: An API key: the handler gets the caller as `user_id`; OpenAPI documents the bearer scheme.
+USER_AUTH: HandlerAuth = {
+    "dependencies": {"user_id": Provide(current_user_id, sync_to_thread=True)},
+    "security": API_KEY_SECURITY,
+}
+#: CRON_SECRET (the handler takes `authorized: NamedDependency[None]`).
+CRON_AUTH: HandlerAuth = {
+    "dependencies": {"authorized": Provide(require_cron_secret, sync_to_thread=True)},
+    "security": CRON_SECURITY,
+}

@@ -9,12 +9,12 @@ from typing import Any
 import anyio
 from litestar import Request, Response, post
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from api.auth import current_user_id
+from api.auth import USER_AUTH
 from api.idempotency import idempotent
-from api.schemas.openapi import API_KEY_SECURITY, answer, errors
+from api.schemas.openapi import answer, errors
 from api.schemas.requests import ExecuteBody
 from api.schemas.responses import FinishedRun, QueuedRun, ScheduledTask
 from api.schemas.views import run_view, schedule_view
@@ -37,8 +37,7 @@ def _create(state: ApiState, user_id: uuid.UUID, request: ExecuteRequest) -> Cre
 
 @post(
     "/api/agent/execute",
-    dependencies={"user_id": Provide(current_user_id, sync_to_thread=True)},
-    security=API_KEY_SECURITY,
+    **USER_AUTH,
     status_code=202,
     responses={
         200: answer(FinishedRun, "Waited for the run, which ended: its outcome."),

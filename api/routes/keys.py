@@ -7,17 +7,15 @@ from typing import Any
 
 from litestar import Request, delete, get, post
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from api.auth import current_user_id
+from api.auth import USER_AUTH
 from api.schemas.keys import CreatedKey, CreateKeyBody, KeyList, KeyView, created_key, key_view
-from api.schemas.openapi import API_KEY_SECURITY, errors
+from api.schemas.openapi import errors
 from api.state import ApiState
 from app.services import keys
-
-USER = {"user_id": Provide(current_user_id, sync_to_thread=True)}
 
 
 def _state(request: Request[Any, Any, State]) -> ApiState:
@@ -26,9 +24,8 @@ def _state(request: Request[Any, Any, State]) -> ApiState:
 
 @get(
     "/api/keys",
-    dependencies=USER,
+    **USER_AUTH,
     sync_to_thread=True,
-    security=API_KEY_SECURITY,
     responses=errors(401, 429, 503),
     summary="List the caller's API keys",
 )
@@ -40,10 +37,9 @@ def list_keys(request: Request[Any, Any, State], user_id: NamedDependency[uuid.U
 
 @post(
     "/api/keys",
-    dependencies=USER,
+    **USER_AUTH,
     sync_to_thread=True,
     status_code=HTTP_201_CREATED,
-    security=API_KEY_SECURITY,
     responses=errors(400, 401, 413, 429, 503),
     summary="Create an API key",
 )
@@ -58,10 +54,9 @@ def create_key(
 
 @delete(
     "/api/keys/{key_id:uuid}",
-    dependencies=USER,
+    **USER_AUTH,
     sync_to_thread=True,
     status_code=HTTP_200_OK,
-    security=API_KEY_SECURITY,
     responses=errors(400, 401, 404, 429, 503),
     summary="Revoke an API key",
 )

@@ -7,17 +7,15 @@ from typing import Any, cast
 import dramatiq
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 
-from api.auth import require_cron_secret
-from api.schemas.openapi import CRON_SECURITY, errors
+from api.auth import CRON_AUTH
+from api.schemas.openapi import errors
 from api.schemas.responses import QueueStats, SchedulingHealth, SchedulingPass
 from api.state import ApiState
 from app.services.scheduling import run_scheduling_pass, scheduling_health
 from app.services.stats import queue_stats
 from app.wire import iso
-
-CRON = {"authorized": Provide(require_cron_secret, sync_to_thread=True)}
 
 
 def _state(request: Request[Any, Any, State]) -> ApiState:
@@ -26,9 +24,8 @@ def _state(request: Request[Any, Any, State]) -> ApiState:
 
 @get(
     "/api/cron/check-scheduled-tasks",
-    dependencies=CRON,
+    **CRON_AUTH,
     sync_to_thread=True,
-    security=CRON_SECURITY,
     responses=errors(401, 429, 503),
 )
 def scheduling_status(
@@ -42,9 +39,8 @@ def scheduling_status(
 
 @post(
     "/api/cron/check-scheduled-tasks",
-    dependencies=CRON,
+    **CRON_AUTH,
     sync_to_thread=True,
-    security=CRON_SECURITY,
     status_code=200,
     responses=errors(401, 429, 503),
 )
@@ -73,9 +69,8 @@ def check_scheduled_tasks(
 
 @get(
     "/api/queue/stats",
-    dependencies=CRON,
+    **CRON_AUTH,
     sync_to_thread=True,
-    security=CRON_SECURITY,
     responses=errors(401, 429, 503),
 )
 def stats(request: Request[Any, Any, State], authorized: NamedDependency[None]) -> QueueStats:

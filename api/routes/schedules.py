@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 from litestar import Request, get
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import Parameter
 
-from api.auth import current_user_id
-from api.schemas.openapi import API_KEY_SECURITY, errors
+from api.auth import USER_AUTH
+from api.schemas.openapi import errors
 from api.schemas.params import PARAM_DECODERS, AfterParam, CronParam, TimezoneParam
 from api.schemas.responses import SchedulePreview
 from api.state import ApiState
@@ -58,8 +58,7 @@ After = Annotated[
 
 @get(
     "/api/schedules/preview",
-    dependencies={"user_id": Provide(current_user_id, sync_to_thread=True)},
-    security=API_KEY_SECURITY,
+    **USER_AUTH,
     type_decoders=PARAM_DECODERS,
     responses=errors(400, 401, 429, 503),
 )

@@ -10,21 +10,19 @@ from typing import Annotated, Any
 import anyio
 from litestar import Request, get
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
-from api.auth import current_user_id
-from api.schemas.openapi import API_KEY_SECURITY, errors
+from api.auth import USER_AUTH
+from api.schemas.openapi import errors
 from api.schemas.steps import StepsPage, step_view
 from api.schemas.views import run_view
 from api.state import ApiState
 from app.services import tasks
 from app.services.run_steps import list_steps, steps_after, watch_run
 from app.services.run_stream import RunEvent, Snapshot, parse_event_id, run_events
-
-USER = {"user_id": Provide(current_user_id, sync_to_thread=True)}
 
 LastEventId = Annotated[
     str | None,
@@ -42,9 +40,8 @@ def _state(request: Request[Any, Any, State]) -> ApiState:
 
 @get(
     "/api/runs/{run_id:uuid}/steps",
-    dependencies=USER,
+    **USER_AUTH,
     sync_to_thread=True,
-    security=API_KEY_SECURITY,
     responses=errors(401, 404, 429, 503),
 )
 def get_run_steps(
@@ -58,9 +55,8 @@ def get_run_steps(
 
 @get(
     "/api/runs/{run_id:uuid}/events",
-    dependencies=USER,
+    **USER_AUTH,
     media_type="text/event-stream",
-    security=API_KEY_SECURITY,
     responses=errors(401, 404, 429, 503),
 )
 async def get_run_events(

@@ -9,12 +9,12 @@ from typing import Any
 import anyio
 from litestar import Request, Response, patch, post
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from api.auth import current_user_id
+from api.auth import USER_AUTH
 from api.idempotency import idempotent
-from api.schemas.openapi import API_KEY_SECURITY, answer, errors
+from api.schemas.openapi import answer, errors
 from api.schemas.requests import TaskPatchBody
 from api.schemas.responses import QueuedRun, TaskView
 from api.schemas.views import task_view
@@ -23,13 +23,10 @@ from app.services import task_control
 from app.services.task_input import TaskUpdate, parse_task_update
 from app.services.tasks import recent_runs
 
-USER = {"user_id": Provide(current_user_id, sync_to_thread=True)}
-
 
 @patch(
     "/api/tasks/{task_id:uuid}",
-    dependencies=USER,
-    security=API_KEY_SECURITY,
+    **USER_AUTH,
     responses=errors(400, 401, 404, 413, 429, 503),
 )
 async def update_task(
@@ -59,8 +56,7 @@ async def update_task(
 
 @post(
     "/api/tasks/{task_id:uuid}/run",
-    dependencies=USER,
-    security=API_KEY_SECURITY,
+    **USER_AUTH,
     status_code=202,
     responses={202: answer(QueuedRun, "The run is queued."), **errors(401, 404, 409, 422, 429, 503)},
 )
@@ -86,9 +82,8 @@ async def run_task_now(
 
 @post(
     "/api/tasks/{task_id:uuid}/cancel",
-    dependencies=USER,
+    **USER_AUTH,
     sync_to_thread=True,
-    security=API_KEY_SECURITY,
     status_code=200,
     responses=errors(401, 404, 429, 503),
 )

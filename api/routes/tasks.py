@@ -7,18 +7,16 @@ from typing import Annotated, Any
 
 from litestar import Request, get
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
 
-from api.auth import current_user_id
-from api.schemas.openapi import API_KEY_SECURITY, errors
+from api.auth import USER_AUTH
+from api.schemas.openapi import errors
 from api.schemas.responses import MeView, RunPage, RunView, TaskPage, TaskView
 from api.schemas.views import me_view, run_view, task_view
 from api.state import ApiState
 from app.models.enums import TaskStatus
 from app.services import tasks
-
-USER = {"user_id": Provide(current_user_id, sync_to_thread=True)}
 
 Limit = Annotated[
     int, Parameter(ge=1, le=tasks.PAGE_MAX, description=f"items per page, at most {tasks.PAGE_MAX}")
@@ -45,9 +43,8 @@ def _state(request: Request[Any, Any, State]) -> ApiState:
 
 @get(
     "/api/tasks",
-    dependencies=USER,
+    **USER_AUTH,
     sync_to_thread=True,
-    security=API_KEY_SECURITY,
     responses=errors(400, 401, 429, 503),
 )
 def list_tasks(
@@ -65,9 +62,8 @@ def list_tasks(
 
 @get(
     "/api/tasks/{task_id:uuid}",
-    dependencies=USER,
+    **USER_AUTH,
     sync_to_thread=True,
-    security=API_KEY_SECURITY,
     responses=errors(401, 404, 429, 503),
 )
 def get_task(
@@ -83,9 +79,8 @@ def get_task(
 
 @get(
     "/api/tasks/{task_id:uuid}/runs",
-    dependencies=USER,
+    **USER_AUTH,
     sync_to_thread=True,
-    security=API_KEY_SECURITY,
     responses=errors(400, 401, 404, 429, 503),
 )
 def list_task_runs(
@@ -103,9 +98,8 @@ def list_task_runs(
 
 @get(
     "/api/runs/{run_id:uuid}",
-    dependencies=USER,
+    **USER_AUTH,
     sync_to_thread=True,
-    security=API_KEY_SECURITY,
     responses=errors(401, 404, 429, 503),
 )
 def get_run(
@@ -120,9 +114,8 @@ def get_run(
 
 @get(
     "/api/me",
-    dependencies=USER,
+    **USER_AUTH,
     sync_to_thread=True,
-    security=API_KEY_SECURITY,
     responses=errors(401, 429, 503),
 )
 def me(request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID]) -> MeView:

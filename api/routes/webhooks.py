@@ -7,24 +7,21 @@ from typing import Any, cast
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from api.auth import current_user_id
-from api.schemas.openapi import API_KEY_SECURITY, errors
+from api.auth import USER_AUTH
+from api.schemas.openapi import errors
 from api.schemas.webhooks import DeliveryList, DeliveryView, WebhookSecret
 from api.state import ApiState
 from app.webhooks.deliveries import delivery_view, list_deliveries
 from app.webhooks.signing import rotate_secret
 
-USER = {"user_id": Provide(current_user_id, sync_to_thread=True)}
-
 
 @post(
     "/api/me/webhook-secret",
-    dependencies=USER,
+    **USER_AUTH,
     sync_to_thread=True,
-    security=API_KEY_SECURITY,
     responses=errors(401, 429, 503),
     status_code=201,
 )
@@ -43,9 +40,8 @@ def create_webhook_secret(
 
 @get(
     "/api/runs/{run_id:uuid}/deliveries",
-    dependencies=USER,
+    **USER_AUTH,
     sync_to_thread=True,
-    security=API_KEY_SECURITY,
     responses=errors(401, 404, 429, 503),
 )
 def run_deliveries(
