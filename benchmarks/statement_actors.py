@@ -3,15 +3,16 @@
 `dramatiq benchmarks.statement_actors --processes 2 --threads 8`; messages (a queued run's id) go
 to the `statements` queue. Per message, through raw psycopg (one autocommit connection per
 thread, no SQLAlchemy, no agent runtime, no provider), exactly the statements an offline run
-makes: the claim, the read of completed steps, a start and an end write for each of its four
-model calls (plan, two steps, final), and the finish: 11 statements, each the product's own SQL
-text (app.services.runs, app.services.run_steps) with the values a run would bind.
+makes: the claim, a start and an end write for each of its four model calls (plan, two steps,
+final), the finish, and the look for parked runs its end may release: 11 statements (the read of
+completed steps only when an earlier attempt left some, as in the product), each the product's
+own SQL as the worker compiles it (app.services.runs, run_steps, concurrency) with the values a
+run would bind.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -20,8 +21,10 @@ from typing import Any
 import dramatiq
 import psycopg
 from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 
-from app.services import credits, run_steps, runs
+from app.db import driver_sql
+from app.services import concurrency, credits, run_steps, runs
 
 STATEMENTS_QUEUE = "statements"
 STATEMENTS_ACTOR = "same_statements"
@@ -33,14 +36,18 @@ dramatiq.set_broker(broker)
 _local = threading.local()
 
 
+_DIALECT = psycopg_dialect.dialect()
+
+
 def _psycopg_sql(statement: Any) -> str:
-    """SQLAlchemy's `:name` parameters as psycopg's `%(name)s` (casts use CAST, never `::`)."""
-    return re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", r"%(\1)s", statement.text)
+    """The product's statement as psycopg's SQL text, compiled as the worker compiles it."""
+    return driver_sql(statement, _DIALECT)
 
 
 CLAIM, FINISH = _psycopg_sql(runs._CLAIM), _psycopg_sql(runs._FINISH)
 START, END = _psycopg_sql(run_steps._START), _psycopg_sql(run_steps._END)
 COMPLETED = _psycopg_sql(run_steps._COMPLETED_OUTPUTS)
+ENDED_RUN_USER = _psycopg_sql(concurrency._ENDED_RUN_USER)
 
 
 def _connection() -> psycopg.Connection[Any]:
@@ -69,9 +76,10 @@ def same_statements(run_id: str) -> None:
     ).fetchone()
     if claimed is None:
         return
-    attempt, reserved = claimed[4], claimed[7]
+    attempt, reserved, steps_completed = claimed[4], claimed[7], claimed[15]
     base = {"run_id": uuid.UUID(run_id), "attempt": attempt, "channel": runs.RUN_EVENTS_CHANNEL}
-    conn.execute(COMPLETED, {"run_id": uuid.UUID(run_id)}).fetchall()
+    if steps_completed:  # as the product: completed steps are read only when there are some
+        conn.execute(COMPLETED, {"run_id": uuid.UUID(run_id)}).fetchall()
     for index, kind, title in CALLS:
         conn.execute(START, {**base, "index": index, "kind": kind, "title": title, "model": None, "now": now})
         conn.execute(
@@ -111,3 +119,5 @@ def same_statements(run_id: str) -> None:
             "channel": runs.RUN_FINISHED_CHANNEL,
         },
     ).fetchall()
+    # the look for the user's parked runs that the run's end may release (app.services.concurrency)
+    conn.execute(ENDED_RUN_USER, {"run_id": uuid.UUID(run_id)}).fetchall()

@@ -214,6 +214,7 @@ def _attempt(env: RunEnvironment, claimed: ClaimedRun) -> Outcome:
         claimed.attempt,
         env.clock,
         before_end=(lambda: deltas.flush(claimed.run_id)) if deltas is not None else None,
+        resuming=claimed.steps_completed > 0,
     )
     agent_run = AgentRun(
         get_agent(claimed.agent_type),

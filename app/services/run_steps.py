@@ -24,11 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import TextClause, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.agents.steps import AttemptLost, ModelCall
 from app.clock import Clock
+from app.db import engine_of, execute_one
 from app.errors import RunFailure
 from app.models import RunStep
 from app.models.enums import StepStatus
@@ -124,8 +125,11 @@ class PostgresJournal:
         clock: Clock,
         *,
         before_end: Callable[[], None] | None = None,
+        resuming: bool = True,
     ) -> None:
-        self.session_factory = session_factory
+        self.engine = engine_of(session_factory)
+        #: False when the claim said no earlier attempt completed a step (nothing to read).
+        self.resuming = resuming
         #: Called as a step ends, before its end is written (the live deltas are flushed first).
         self.before_end = before_end
         self.run_id = run_id
@@ -135,8 +139,10 @@ class PostgresJournal:
         self.start_seqs: dict[int, int] = {}
 
     def completed_outputs(self) -> Mapping[int, str]:
-        with self.session_factory() as session:
-            rows = session.execute(_COMPLETED_OUTPUTS, {"run_id": self.run_id}).all()
+        if not self.resuming:
+            return {}
+        with self.engine.connect() as connection:
+            rows = connection.execute(_COMPLETED_OUTPUTS, {"run_id": self.run_id}).all()
         return {int(row[0]): str(row[1] or "") for row in rows}
 
     def start(self, call: ModelCall) -> None:
@@ -201,18 +207,19 @@ class PostgresJournal:
         )
         self.start_seqs.pop(call.index, None)
 
-    def _write(self, statement: Any, params: dict[str, Any]) -> int:
-        with self.session_factory.begin() as session:
-            seq = session.execute(
-                statement,
-                {
-                    **params,
-                    "run_id": self.run_id,
-                    "attempt": self.attempt,
-                    "now": self.clock.now(),
-                    "channel": RUN_EVENTS_CHANNEL,
-                },
-            ).scalar()
+    def _write(self, statement: TextClause, params: dict[str, Any]) -> int:
+        row = execute_one(
+            self.engine,
+            statement,
+            {
+                **params,
+                "run_id": self.run_id,
+                "attempt": self.attempt,
+                "now": self.clock.now(),
+                "channel": RUN_EVENTS_CHANNEL,
+            },
+        )
+        seq = row[0] if row is not None else None
         if seq is None:
             logger.warning("run %s attempt %d lost its claim; stopping", self.run_id, self.attempt)
             raise AttemptLost(f"run {self.run_id} attempt {self.attempt} was claimed again")

@@ -57,6 +57,8 @@ class ClaimedRun:
     cancel_requested: bool
     #: The slot a scheduled run was created for (None for api and manual runs).
     scheduled_for: datetime | None = None
+    #: Steps completed by earlier attempts (0: nothing to resume from, no need to read them).
+    steps_completed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +141,7 @@ _CLAIM = text(
         RETURNING r.id, r.task_id, r.user_id, r.priority, r.attempts, r.max_attempts, r.timeout_ms,
                   r.credits_reserved, r.tokens_used, t.description, t.agent_type,
                   t.agent_config ->> 'model' AS model, t.cron IS NULL AS one_off, r.cancel_requested,
-                  r.scheduled_for
+                  r.scheduled_for, r.step_count
     ), task_follows AS (
         UPDATE tasks SET status = 'running', updated_at = :now
          WHERE id = (SELECT task_id FROM claimed WHERE one_off) AND status <> 'cancelled'
