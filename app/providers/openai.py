@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 
 import httpx
@@ -68,6 +68,31 @@ def _token_count(value: object) -> int | None:
 def _is_event_stream(response: httpx.Response) -> bool:
     content_type = str(response.headers.get("content-type", ""))
     return content_type.split(";")[0].strip().lower() == "text/event-stream"
+
+
+def _data_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The `data:` lines of an event stream, split from its bytes.
+
+    httpx's `iter_lines` decodes every chunk to text and splits it in Python, line by line; an
+    answer's stream is mostly `data: {...}` lines, so we split bytes and decode only those. CR LF
+    and a lone CR end a line too (the SSE grammar); other lines (comments, `event:`, `id:`, the
+    blank ones between events) mean nothing to a chat completion and are skipped.
+    """
+    pending = b""
+    for chunk in chunks:
+        if pending:
+            chunk = pending + chunk
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = chunk.split(b"\n")
+        pending = lines.pop()
+        if len(pending) > MAX_RESPONSE_BYTES:
+            raise ProviderError(f"model provider streamed a line over {MAX_RESPONSE_BYTES} bytes")
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line.decode("utf-8", errors="replace")
+    if pending.startswith(b"data:"):
+        yield pending.decode("utf-8", errors="replace")
 
 
 def _content_text(content: object) -> str | None:
@@ -137,7 +162,9 @@ class OpenAIProvider:
                 response = self._client.send(request, stream=True)
                 try:
                     if response.is_success and _is_event_stream(response):
-                        streamed = read_chat_stream(response.iter_lines(), on_delta, MAX_RESPONSE_BYTES)
+                        streamed = read_chat_stream(
+                            _data_lines(response.iter_bytes()), on_delta, MAX_RESPONSE_BYTES
+                        )
                         return self._completion(
                             streamed.text, streamed.usage, streamed.model, chosen, messages
                         )
