@@ -1,16 +1,25 @@
-"""Bearer authentication: API keys for users, CRON_SECRET for operators and cron services."""
+"""Bearer authentication: API keys for users, CRON_SECRET for operators and cron services.
+
+Both are route guards, so they run before Litestar reads the path's query or body: a request
+without good credentials answers 401 whatever else is wrong with it (CONTRACT "HTTP API" checks
+credentials first, input after).
+"""
 
 from __future__ import annotations
 
 import hmac
 import time
 import uuid
-from typing import TypedDict
+from typing import Any, TypedDict
 
+import anyio
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.handlers import BaseRouteHandler
 from litestar.openapi.spec import SecurityRequirement
+from litestar.types import Guard
 from pydantic import SecretStr
 
 from api.schemas.openapi import API_KEY_SECURITY, CRON_SECURITY
@@ -19,8 +28,10 @@ from app.errors import NotAuthenticated
 from app.services.accounts import hash_api_key
 from app.services.keys import verify_key
 
+Connection = ASGIConnection[Any, Any, Any, Any]
 
-def bearer_token(request: Request[object, object, State]) -> str:
+
+def bearer_token(request: Connection) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -28,8 +39,8 @@ def bearer_token(request: Request[object, object, State]) -> str:
     return token.strip()
 
 
-def current_user_id(request: Request[object, object, State]) -> uuid.UUID:
-    """The caller's user id (a Litestar dependency; runs in a worker thread)."""
+def current_user_id(request: Connection) -> uuid.UUID:
+    """The caller's user id (in a worker thread: it may ask Postgres)."""
     state: ApiState = request.app.state.api
     token = bearer_token(request)
     key_hash = hash_api_key(token)
@@ -51,8 +62,19 @@ def cron_secrets(secret: SecretStr | None) -> list[bytes]:
     return [part.strip().encode() for part in secret.get_secret_value().split(",") if part.strip()]
 
 
-def require_cron_secret(request: Request[object, object, State]) -> None:
-    """CRON_SECRET in constant time; with no secret configured, always 401 (never open)."""
+async def authenticate_user(connection: Connection, _: BaseRouteHandler) -> None:
+    """Guard: the API key's user, kept for `authenticated_user_id`; NotAuthenticated otherwise."""
+    connection.state.user_id = await anyio.to_thread.run_sync(current_user_id, connection)
+
+
+def authenticated_user_id(request: Request[Any, Any, State]) -> uuid.UUID:
+    """The handler's `user_id`: the caller `authenticate_user` found."""
+    user_id: uuid.UUID = request.state.user_id
+    return user_id
+
+
+def require_cron_secret(request: Connection, _: BaseRouteHandler) -> None:
+    """Guard: CRON_SECRET in constant time; with no secret configured, always 401 (never open)."""
     state: ApiState = request.app.state.api
     accepted = cron_secrets(state.settings.cron_secret)
     token = bearer_token(request).encode()
@@ -67,17 +89,16 @@ def require_cron_secret(request: Request[object, object, State]) -> None:
 class HandlerAuth(TypedDict):
     """A route decorator's authentication arguments: `@get(path, **USER_AUTH, ...)`."""
 
+    guards: list[Guard]
     dependencies: dict[str, Provide]
     security: list[SecurityRequirement]
 
 
 #: An API key: the handler gets the caller as `user_id`; OpenAPI documents the bearer scheme.
 USER_AUTH: HandlerAuth = {
-    "dependencies": {"user_id": Provide(current_user_id, sync_to_thread=True)},
+    "guards": [authenticate_user],
+    "dependencies": {"user_id": Provide(authenticated_user_id, sync_to_thread=False)},
     "security": API_KEY_SECURITY,
 }
-#: CRON_SECRET (the handler takes `authorized: NamedDependency[None]`).
-CRON_AUTH: HandlerAuth = {
-    "dependencies": {"authorized": Provide(require_cron_secret, sync_to_thread=True)},
-    "security": CRON_SECURITY,
-}
+#: CRON_SECRET (constant-time compares, no I/O: checked on the event loop).
+CRON_AUTH: HandlerAuth = {"guards": [require_cron_secret], "dependencies": {}, "security": CRON_SECURITY}

@@ -7,7 +7,6 @@ from typing import Any, cast
 import dramatiq
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.di import NamedDependency
 
 from api.auth import CRON_AUTH
 from api.schemas.openapi import errors
@@ -28,9 +27,7 @@ def _state(request: Request[Any, Any, State]) -> ApiState:
     sync_to_thread=True,
     responses=errors(401, 429, 503),
 )
-def scheduling_status(
-    request: Request[Any, Any, State], authorized: NamedDependency[None]
-) -> SchedulingHealth:
+def scheduling_status(request: Request[Any, Any, State]) -> SchedulingHealth:
     """Scheduling health: how many tasks are scheduled and how many are due now."""
     state = _state(request)
     with state.session_factory() as session:
@@ -44,9 +41,7 @@ def scheduling_status(
     status_code=200,
     responses=errors(401, 429, 503),
 )
-def check_scheduled_tasks(
-    request: Request[Any, Any, State], authorized: NamedDependency[None]
-) -> Response[SchedulingPass]:
+def check_scheduled_tasks(request: Request[Any, Any, State]) -> Response[SchedulingPass]:
     """Run one scheduling pass now (for an external cron service)."""
     state = _state(request)
     now = state.clock.now()
@@ -73,7 +68,7 @@ def check_scheduled_tasks(
     sync_to_thread=True,
     responses=errors(401, 429, 503),
 )
-def stats(request: Request[Any, Any, State], authorized: NamedDependency[None]) -> QueueStats:
+def stats(request: Request[Any, Any, State]) -> QueueStats:
     """Queue and orchestrator figures."""
     state = _state(request)
     with state.session_factory() as session:

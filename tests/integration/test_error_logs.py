@@ -25,14 +25,12 @@ def test_a_404_is_logged_as_one_line_without_a_traceback(client, make_account, c
     assert "Traceback" not in caplog.text
 
 
-def test_401_and_400_are_one_line_each(client, caplog):
+def test_401_and_400_are_one_line_each(client, make_account, caplog):
+    headers = make_account().headers  # a good key: credentials are checked before the body
     with caplog.at_level(logging.DEBUG):
         caplog.clear()
         assert client.get("/api/me").status_code == 401
-        assert (
-            client.post("/api/agent/execute", content=b"{", headers={"Authorization": "Bearer x"}).status_code
-            == 400
-        )
+        assert client.post("/api/agent/execute", content=b"{", headers=headers).status_code == 400
     lines = [r.getMessage() for r in _records(caplog)]
     assert lines == ["GET /api/me 401 unauthorized", "POST /api/agent/execute 400 invalid_input"]
     assert "Traceback" not in caplog.text

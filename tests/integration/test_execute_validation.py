@@ -116,3 +116,28 @@ def test_no_or_wrong_api_key_is_401_and_writes_nothing(client, make_account, ses
     wrong = client.post("/api/agent/execute", json=VALID, headers={"Authorization": "Bearer ask_wrong"})
     assert wrong.status_code == 401
     assert _counts(session_factory) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content"),
+    [
+        ("POST", "/api/agent/execute", b"{not json"),
+        ("POST", "/api/agent/execute", b""),
+        ("PATCH", "/api/tasks/00000000-0000-0000-0000-000000000000", b"[1,"),
+        ("POST", "/api/keys", b"{"),
+        ("GET", "/api/tasks?limit=0&status=bogus", None),
+        ("GET", "/api/schedules/preview?cron=nonsense", None),
+    ],
+)
+@pytest.mark.parametrize("authorization", [None, "Bearer ask_wrong"])
+def test_credentials_are_checked_before_the_input(
+    client, session_factory, method, path, content, authorization
+):
+    """CONTRACT "HTTP API": missing or wrong credentials are a 401 even when the input is bad too."""
+    headers = {"Content-Type": "application/json"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    response = client.request(method, path, content=content, headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"] == "unauthorized"
+    assert _counts(session_factory) == (0, 0)
