@@ -10,13 +10,14 @@ inside a step. The stream expires `DELTA_TTL_S` after the run's attempt ends (wh
 on, at least `DELTA_TTL_S - DELTA_EXPIRY_REFRESH_S` after its latest entry). Deltas are best
 effort: a Redis error drops them (the step's output, in Postgres, has the whole answer).
 
-One writer per process: worker threads only append to their run's buffer; a daemon thread
-(`DeltaPublisher`'s flusher) writes every run's pending entries in one pipeline per round, on
-one Redis connection, so a process makes a few round trips a second for all its runs instead
-of one per run every `DELTA_FLUSH_S`, and entry ids (assigned under the lock, written in that
-order by the one thread) stay increasing per run. `flush` and `end_attempt` still return only
-once their run's pieces are in Redis (or `DELTA_WAIT_S` passed), because the step's end event
-must follow its pieces.
+One writer per process: worker threads only append to their run's queue (no lock: a deque's
+append is atomic, and a lock taken for every piece by hundreds of threads convoys behind the
+GIL); a daemon thread (`DeltaPublisher`'s flusher) numbers the pieces into entries and writes
+every run's entries in one pipeline per round, on one Redis connection. So a process makes a few
+round trips a second for all its runs instead of one per run every `DELTA_FLUSH_S`, and entry
+ids, assigned and written by that one thread, stay increasing per run. `flush` and
+`end_attempt` still return only once their run's pieces are in Redis (or `DELTA_WAIT_S` passed),
+because the step's end event must follow its pieces.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 from redis import Redis
@@ -59,24 +61,41 @@ class _Entry:
     text: str
 
 
-@dataclass
+@dataclass(eq=False)
 class _Buffer:
-    start_seq: int
-    index: int
-    pieces: list[str] = field(default_factory=list)
+    """One run's pieces on their way to Redis."""
+
+    #: (start seq, step index, piece): appended by the run's thread, taken by the flusher.
+    pieces: deque[tuple[int, int, str]] = field(default_factory=deque)
+    #: The flusher's own: the step of the last entry, its number in that step, the expiry's age.
+    start_seq: int = -1
     entries: int = 0
-    #: Entries with their ids, not yet written (sealed from `pieces`).
-    ready: list[_Entry] = field(default_factory=list)
-    #: When the stream's expiry was last set (monotonic); 0: never.
     expiry_set_at: float = 0.0
+    #: The last round that took pieces from here (they are in Redis once it is done).
+    taken_in: int = 0
+    #: `end_attempt` asked: write, set the expiry, forget the run.
     ending: bool = False
 
-    def seal(self) -> None:
-        """Turn the pending pieces into the step's next entry."""
-        if self.pieces:
-            self.entries += 1
-            self.ready.append(_Entry(f"{self.start_seq}-{self.entries}", self.index, "".join(self.pieces)))
-            self.pieces.clear()
+    def take(self) -> list[_Entry]:
+        """The queued pieces as entries: one per step, numbered on from the step's last entry."""
+        entries: list[_Entry] = []
+        texts: list[str] = []
+        index = 0
+        for _ in range(len(self.pieces)):  # only what is there now; appends may go on meanwhile
+            start_seq, piece_index, piece = self.pieces.popleft()
+            if start_seq != self.start_seq:
+                if texts:
+                    entries.append(self._entry(index, texts))
+                self.start_seq, self.entries, texts = start_seq, 0, []
+            index = piece_index
+            texts.append(piece)
+        if texts:
+            entries.append(self._entry(index, texts))
+        return entries
+
+    def _entry(self, index: int, texts: list[str]) -> _Entry:
+        self.entries += 1
+        return _Entry(f"{self.start_seq}-{self.entries}", index, "".join(texts))
 
 
 @dataclass
@@ -89,7 +108,7 @@ class _Write:
 
 
 class DeltaPublisher:
-    """Buffers runs' pieces and writes them to Redis from one thread; see the module docstring."""
+    """Queues runs' pieces and writes them to Redis from one thread; see the module docstring."""
 
     def __init__(
         self, redis_client: Redis, *, flush_s: float = DELTA_FLUSH_S, wait_s: float = DELTA_WAIT_S
@@ -97,6 +116,7 @@ class DeltaPublisher:
         self.redis = redis_client
         self.flush_s = flush_s
         self.wait_s = wait_s
+        #: Guards the set of runs, `_due`, the round counters and the flusher's start.
         self._lock = threading.Lock()
         #: The flusher waits on `_work` (pieces due, a new run), callers on `_written` (a round done).
         self._work = threading.Condition(self._lock)
@@ -114,22 +134,20 @@ class DeltaPublisher:
         """One piece of step `call`'s answer, which started as event `start_seq`."""
         if start_seq is None or not piece:
             return
-        with self._lock:
-            buffer = self._buffers.get(run_id)
-            if buffer is None:
-                buffer = self._buffers[run_id] = _Buffer(start_seq, call.index)
-                self._work.notify_all()  # an idle flusher starts ticking
-            elif buffer.start_seq != start_seq:  # a new step: the last one's pieces go first
-                buffer.seal()
-                buffer.start_seq, buffer.index, buffer.entries = start_seq, call.index, 0
-            buffer.pieces.append(piece)
-            if self.flush_s <= 0:
+        buffer = self._buffers.get(run_id)
+        if buffer is None:
+            with self._lock:
+                buffer = self._buffers.setdefault(run_id, _Buffer())
+                self._ensure_flusher()
+                self._work.notify()  # an idle flusher starts ticking
+        buffer.pieces.append((start_seq, call.index, piece))
+        if self.flush_s <= 0:
+            with self._lock:
                 self._due.add(run_id)
-                self._work.notify_all()
-            self._ensure_flusher()
+                self._work.notify()
 
     def flush(self, run_id: uuid.UUID) -> None:
-        """Return once what is buffered for the run is written (the step is ending)."""
+        """Return once what is queued for the run is written (the step is ending)."""
         self._wait_for(run_id, ending=False)
 
     def end_attempt(self, run_id: uuid.UUID) -> None:
@@ -140,7 +158,7 @@ class DeltaPublisher:
         """Write what is pending and stop the flusher (tests; a worker's flusher is a daemon)."""
         with self._lock:
             self._closed = True
-            self._work.notify_all()
+            self._work.notify()
             thread = self._thread
         if thread is not None:
             thread.join(self.wait_s + 1)
@@ -148,14 +166,19 @@ class DeltaPublisher:
     def _wait_for(self, run_id: uuid.UUID, *, ending: bool) -> None:
         with self._lock:
             buffer = self._buffers.get(run_id)
-            if buffer is None or not (ending or buffer.pieces or buffer.ready):
+            if buffer is None:
                 return
-            buffer.ending = buffer.ending or ending
-            self._due.add(run_id)
-            self._ensure_flusher()
-            self._work.notify_all()
-            # A round that started already may have missed these pieces: wait for the next one.
-            target = self._rounds_started + 1
+            if ending or buffer.pieces:
+                buffer.ending = buffer.ending or ending
+                self._due.add(run_id)
+                self._ensure_flusher()
+                self._work.notify()
+                # A round that started already may have missed these pieces: wait for the next.
+                target = self._rounds_started + 1
+            elif buffer.taken_in > self._rounds_done:
+                target = buffer.taken_in  # the round writing its last pieces is under way
+            else:
+                return
             if not self._written.wait_for(lambda: self._rounds_done >= target, self.wait_s):
                 logger.warning("run %s: its streamed pieces were not written in time; going on", run_id)
 
@@ -169,12 +192,13 @@ class DeltaPublisher:
     def _flush_loop(self) -> None:
         while True:
             with self._lock:
-                writes = self._next_round()
-                if writes is None:
+                chosen = self._next_round()
+                if chosen is None:
                     return
                 self._rounds_started += 1
                 round_number = self._rounds_started
             try:
+                writes = self._take(chosen, round_number)
                 if writes:
                     self._write(writes)
             except Exception:  # never let the flusher die: every run of the process needs it
@@ -184,41 +208,46 @@ class DeltaPublisher:
                     self._rounds_done = round_number
                     self._written.notify_all()
 
-    def _next_round(self) -> list[_Write] | None:
-        """Wait for due runs or the next tick, then take what to write. None: closed and drained."""
+    def _next_round(self) -> list[tuple[uuid.UUID, _Buffer]] | None:
+        """Wait for due runs or the next tick; the runs to look at. None: closed and drained.
+
+        Called with the lock held; ending runs leave the set of runs here.
+        """
         while True:
             now = time.monotonic()
             periodic = self.flush_s > 0 and bool(self._buffers)
             tick = periodic and now >= self._next_tick
             if self._due or tick or self._closed:
                 break
-            # Idle (no buffers, or every piece due at once): sleep until `publish` or a waiter.
+            # Idle (no runs, or every piece due at once): sleep until `publish` or a waiter.
             self._work.wait(self._next_tick - now if periodic else None)
         if tick or self._closed:
             self._next_tick = now + self.flush_s
-            chosen = list(self._buffers)
+            run_ids = list(self._buffers)
         else:
-            chosen = list(self._due)
+            run_ids = list(self._due)
         self._due.clear()
-        writes = [write for run_id in chosen if (write := self._take(run_id, now)) is not None]
-        if self._closed and not writes:
+        chosen = [(run_id, buffer) for run_id in run_ids if (buffer := self._buffers.get(run_id))]
+        for run_id, buffer in chosen:
+            if buffer.ending:
+                del self._buffers[run_id]
+        if self._closed and not any(buffer.pieces or buffer.ending for _, buffer in chosen):
             return None
-        return writes
+        return chosen
 
-    def _take(self, run_id: uuid.UUID, now: float) -> _Write | None:
-        buffer = self._buffers.get(run_id)
-        if buffer is None:
-            return None
-        buffer.seal()
-        entries, buffer.ready = buffer.ready, []
-        expire = buffer.ending or (bool(entries) and now - buffer.expiry_set_at >= DELTA_EXPIRY_REFRESH_S)
-        if expire:
-            buffer.expiry_set_at = now
-        if buffer.ending:
-            del self._buffers[run_id]
-        if not entries and not expire:
-            return None
-        return _Write(run_id, entries, expire)
+    def _take(self, chosen: list[tuple[uuid.UUID, _Buffer]], round_number: int) -> list[_Write]:
+        now = time.monotonic()
+        writes = []
+        for run_id, buffer in chosen:
+            if buffer.pieces:  # before taking them: a `flush` that finds none waits for this round
+                buffer.taken_in = round_number
+            entries = buffer.take()
+            expire = buffer.ending or (bool(entries) and now - buffer.expiry_set_at >= DELTA_EXPIRY_REFRESH_S)
+            if expire:
+                buffer.expiry_set_at = now
+            if entries or expire:
+                writes.append(_Write(run_id, entries, expire))
+        return writes
 
     def _write(self, writes: list[_Write]) -> None:
         pipe = self.redis.pipeline(transaction=False)
