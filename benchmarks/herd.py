@@ -36,10 +36,13 @@ from benchmarks.common import (
     DATABASE_URL,
     PROJECT_ROOT,
     REDIS_URL,
+    CpuMeter,
     bench_environment,
-    use_bench_environment,
+    pg_backend_pids,
+    redis_server_pids,
 )
 from benchmarks.common import recreate_database as recreate_shared_database
+from benchmarks.common import use_bench_environment as use_bench_environment  # lateness, scheduler_memory
 
 ZONES = (
     "UTC", "Europe/London", "Europe/Paris", "Europe/Moscow", "Africa/Cairo", "Africa/Lagos",
@@ -228,9 +231,30 @@ RETURNING id, priority, message_id
 """
 
 
-def measure_baseline(engine: Any, slot: datetime) -> tuple[float, int]:
+def cpu_meter() -> CpuMeter:
+    """CPU seconds of this process, the benchmark database's backends and Redis: what the pass
+    and the baseline cost, which the shared machine's load does not change as much as time."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    probe = create_engine(DATABASE_URL, poolclass=NullPool)  # its own backend is left out
+    return CpuMeter(
+        lambda: {
+            "this process": [os.getpid()],
+            "postgres": pg_backend_pids(probe),
+            "redis": redis_server_pids(),
+        }
+    )
+
+
+def format_cpu(used: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.2f}" for name, seconds in used.items())
+
+
+def measure_baseline(engine: Any, slot: datetime, meter: CpuMeter) -> tuple[float, int, dict[str, float]]:
     """The same work with nothing else: one bulk INSERT of a run per task, then a pipelined
-    enqueue of a Dramatiq message per run (as `RedisBroker.enqueue` would store it). Seconds, runs."""
+    enqueue of a Dramatiq message per run (as `RedisBroker.enqueue` would store it). Seconds, runs
+    and the CPU seconds `meter` counted over the same span."""
     import dramatiq
     import redis
     from sqlalchemy import text
@@ -242,13 +266,14 @@ def measure_baseline(engine: Any, slot: datetime) -> tuple[float, int]:
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     vacuum_analyze(engine)
+    meter.start()
     started = time.perf_counter()
     with engine.begin() as conn:
         rows = conn.execute(text(_BASELINE_INSERT), {"slot": slot}).all()
     pipe = client.pipeline(transaction=False)
     for index, (run_id, priority, message_id) in enumerate(rows, 1):
         queue = queue_name(priority)
-        message = dramatiq.Message(
+        message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=queue,
             actor_name=actor_name(priority),
             args=(str(run_id),),
@@ -263,8 +288,9 @@ def measure_baseline(engine: Any, slot: datetime) -> tuple[float, int]:
             pipe.execute()
     pipe.execute()
     elapsed = time.perf_counter() - started
+    used = meter.stop()
     client.close()
-    return elapsed, len(rows)
+    return elapsed, len(rows), used
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -327,12 +353,15 @@ def measure(args: argparse.Namespace) -> int:
         results.append(run_scheduling_pass(session_factory, now=now, send=send, batch_size=args.batch_size))
 
     threads = [threading.Thread(target=one_pass) for _ in range(args.passes)]
+    meter = cpu_meter()
+    meter.start()
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
+    pass_cpu = meter.stop()
 
     from sqlalchemy import text
 
@@ -351,15 +380,18 @@ def measure(args: argparse.Namespace) -> int:
         f"time from pass start until all runs and messages exist: {elapsed:.2f} s "
         f"({args.tasks / elapsed:,.0f} runs/s); sending {send_seconds[0]:.2f} s of it"
     )
+    print(f"  CPU seconds: {format_cpu(pass_cpu)} (load average {os.getloadavg()[0]:.2f})")
     ok = runs == sent == in_redis == args.tasks
     if not args.no_baseline:
-        baseline_s, baseline_runs = measure_baseline(engine, due_at + timedelta(minutes=1))
+        baseline_slot = due_at + timedelta(minutes=1)
+        baseline_s, baseline_runs, baseline_cpu = measure_baseline(engine, baseline_slot, meter)
         baseline_in_redis = messages_in_redis()
         print(
             f"baseline (bulk INSERT of {baseline_runs:,} runs + pipelined enqueue of {baseline_in_redis:,} "
             f"messages, nothing else): {baseline_s:.2f} s; the pass reaches "
             f"{100 * baseline_s / elapsed:.0f}% of its speed (goal: >= 70%, and <= 10 s at 100,000)"
         )
+        print(f"  CPU seconds: {format_cpu(baseline_cpu)} (load average {os.getloadavg()[0]:.2f})")
     engine.dispose()
     if not ok:
         print("MISMATCH: expected", args.tasks, "of each")

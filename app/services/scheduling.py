@@ -65,36 +65,60 @@ OVERLAP_ERROR = {
 # Uses ix_tasks_schedule_enabled_next_run_at: equality on the first column, range and order on
 # the second, so the scan stops after :limit rows; locked rows (another pass) are skipped. NO KEY
 # UPDATE, because the key is not changed: inserting a run for the task (its foreign key takes
-# KEY SHARE) is not blocked, while another pass, a PATCH or a cancel is.
+# KEY SHARE) is not blocked, while another pass, a PATCH or a cancel is. Grouped by what the
+# fire times depend on, the ids of a group as one text: the pass handles a few hundred groups a
+# batch, not a thousand rows (psycopg loads and dumps rows and arrays value by value in Python).
 _CLAIM_DUE = text(
     """
-    SELECT id, cron, timezone, next_run_at
-      FROM tasks
-     WHERE schedule_enabled AND next_run_at <= :now
-     ORDER BY next_run_at
-     LIMIT :limit
-       FOR NO KEY UPDATE SKIP LOCKED
+    WITH claimed AS MATERIALIZED (
+        SELECT id, cron, timezone, next_run_at
+          FROM tasks
+         WHERE schedule_enabled AND next_run_at <= :now
+         ORDER BY next_run_at
+         LIMIT :limit
+           FOR NO KEY UPDATE SKIP LOCKED
+    )
+    SELECT cron, timezone, next_run_at, string_agg(CAST(id AS text), ','), count(*)
+      FROM claimed
+     GROUP BY cron, timezone, next_run_at
     """
 )
 
-# One statement per batch: the overlap test (once per task: the CTE is materialized), the run
-# rows and the (task, slot) deduplication.
-_INSERT_RUNS = text(
+# One statement per batch. `pairs`: each claimed task with its group's slot and next fire (ids
+# and group numbers as comma-separated text, which the planner counts exactly). `advanced`
+# moves `next_run_at` and returns what the run copies from the task, so tasks is read once.
+# `due`: the overlap test, one probe of ix_task_runs_active_task_id per task; as a LATERAL with
+# LIMIT it cannot become a hashed subplan, which statistics from an empty task_runs (a herd's
+# first batches) made the planner prefer: every queued run read again for each batch. Then the
+# run rows, with (task, slot) deduplication, and the webhook deliveries of skipped runs.
+_CREATE_RUNS = text(
     f"""
-    WITH due AS MATERIALIZED (
-        SELECT u.task_id, u.slot,
-               CASE WHEN EXISTS (SELECT 1 FROM task_runs AS r
-                                  WHERE r.task_id = u.task_id
-                                    AND r.status IN ('queued', 'running'))
-                    THEN 'skipped' ELSE 'queued' END AS status
-          FROM unnest(CAST(:task_ids AS uuid[]), CAST(:slots AS timestamptz[])) AS u(task_id, slot)
+    WITH pairs AS (
+        SELECT CAST(u.task_id AS uuid) AS task_id,
+               (CAST(:slots AS timestamptz[]))[CAST(u.grp AS int)] AS slot,
+               (CAST(:next_run_ats AS timestamptz[]))[CAST(u.grp AS int)] AS next_run_at
+          FROM unnest(string_to_array(:task_ids, ','), string_to_array(:groups, ',')) AS u(task_id, grp)
+    ), advanced AS (
+        UPDATE tasks AS t
+           SET next_run_at = p.next_run_at, updated_at = :now
+          FROM pairs AS p
+         WHERE t.id = p.task_id
+     RETURNING t.id, t.user_id, t.priority, t.agent_config, p.slot
+    ), due AS MATERIALIZED (
+        SELECT a.id, a.user_id, a.priority, a.agent_config, a.slot,
+               CASE WHEN o.busy THEN 'skipped' ELSE 'queued' END AS status
+          FROM advanced AS a
+          LEFT JOIN LATERAL (SELECT true AS busy
+                               FROM task_runs AS r
+                              WHERE r.task_id = a.id AND r.status IN ('queued', 'running')
+                              LIMIT 1) AS o ON true
     ), created AS (
     INSERT INTO task_runs (task_id, user_id, trigger, scheduled_for, status, priority, attempts,
                            max_attempts, timeout_ms, queued_at, finished_at, error,
                            message_id, message_sent_at)
-    SELECT t.id, t.user_id, 'schedule', d.slot, d.status, t.priority, 0,
-           1 + COALESCE((t.agent_config ->> 'maxRetries')::int, :default_retries),
-           COALESCE((t.agent_config ->> 'timeout')::int, :default_timeout_ms),
+    SELECT d.id, d.user_id, 'schedule', d.slot, d.status, d.priority, 0,
+           1 + COALESCE((d.agent_config ->> 'maxRetries')::int, :default_retries),
+           COALESCE((d.agent_config ->> 'timeout')::int, :default_timeout_ms),
            :now,
            CASE WHEN d.status = 'skipped' THEN CAST(:now AS timestamptz) END,
            CASE WHEN d.status = 'skipped' THEN CAST(:overlap AS jsonb) END,
@@ -103,7 +127,6 @@ _INSERT_RUNS = text(
            CASE WHEN d.status = 'queued' THEN CAST(gen_random_uuid() AS text) END,
            CASE WHEN d.status = 'queued' THEN CAST(:now AS timestamptz) END
       FROM due AS d
-      JOIN tasks AS t ON t.id = d.task_id
         ON CONFLICT (task_id, scheduled_for) DO NOTHING
     RETURNING id, task_id, user_id, priority, status, message_id
     ), webhook AS (
@@ -118,16 +141,8 @@ _INSERT_RUNS = text(
 
 #: (run id, priority, status, webhook delivery id, its message id, the run's message id)
 _CreatedRow = tuple[uuid.UUID, str, str, uuid.UUID | None, str | None, str | None]
-
-_ADVANCE = text(
-    """
-    UPDATE tasks AS t
-       SET next_run_at = s.next_run_at, updated_at = :now
-      FROM unnest(CAST(:task_ids AS uuid[]), CAST(:next_run_ats AS timestamptz[]))
-           AS s(task_id, next_run_at)
-     WHERE t.id = s.task_id
-    """
-)
+#: (cron, timezone, next_run_at, the group's task ids comma-separated, how many)
+_ClaimedGroup = tuple[str, str, datetime, str, int]
 
 # A stored schedule that no longer parses (say, a timezone gone from tzdata) stops firing and
 # says why on the task, rather than being claimed again on every pass.
@@ -297,34 +312,38 @@ def _process_batch(
     session: Session, fire_times: _FireTimes, batch_size: int
 ) -> tuple[PassResult, list[Dispatch]]:
     now = fire_times.now
-    rows: Sequence[tuple[uuid.UUID, str, str, datetime]] = session.execute(
-        _CLAIM_DUE, {"now": now, "limit": batch_size}
-    ).all()
-    if not rows:
+    groups: Sequence[_ClaimedGroup] = session.execute(_CLAIM_DUE, {"now": now, "limit": batch_size}).all()
+    if not groups:
         return PassResult(), []
-    task_ids: list[uuid.UUID] = []
+    id_lists: list[str] = []
+    group_numbers: list[str] = []
     slots: list[datetime] = []
     next_run_ats: list[datetime] = []
-    missed = 0
-    for task_id, cron, timezone, due_since in rows:
+    claimed = missed = 0
+    for cron, timezone, due_since, ids, count in groups:
+        claimed += count
         try:
             slot, missed_here = fire_times.slot(cron, timezone, due_since)
             following = fire_times.next_after_now(cron, timezone)
         except (InvalidInput, TypeError, ValueError) as exc:
-            _stop_broken_schedule(session, task_id, cron, timezone, exc, now)
+            for task_id in ids.split(","):
+                _stop_broken_schedule(session, uuid.UUID(task_id), cron, timezone, exc, now)
             continue
-        task_ids.append(task_id)
         slots.append(slot)
         next_run_ats.append(following)
-        missed += missed_here
+        id_lists.append(ids)
+        group_numbers.append(",".join([str(len(slots))] * count))  # arrays count from 1
+        missed += missed_here * count
     queued: list[Dispatch] = []
     skipped = 0
-    if task_ids:
+    if id_lists:
         created: Sequence[_CreatedRow] = session.execute(
-            _INSERT_RUNS,
+            _CREATE_RUNS,
             {
-                "task_ids": task_ids,
+                "task_ids": ",".join(id_lists),
+                "groups": ",".join(group_numbers),
                 "slots": slots,
+                "next_run_ats": next_run_ats,
                 "now": now,
                 "overlap": json.dumps(OVERLAP_ERROR),
                 "default_retries": DEFAULT_MAX_RETRIES,
@@ -337,8 +356,7 @@ def _process_batch(
             else:
                 skipped += 1
                 stash_row(session, delivery_id, delivery_message_id)
-        session.execute(_ADVANCE, {"task_ids": task_ids, "next_run_ats": next_run_ats, "now": now})
-    return PassResult(len(queued), skipped, len(rows), missed), queued
+    return PassResult(len(queued), skipped, claimed, missed), queued
 
 
 def _stop_broken_schedule(
