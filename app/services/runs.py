@@ -118,14 +118,23 @@ _FIRST_CLAIM_USER = """SELECT user_id FROM target
                           AND NOT cancel_requested"""
 _CLAIM = text(
     f"""
-    WITH candidate AS (
-        SELECT id, user_id, status, credits_reserved, attempts, max_attempts, cancel_requested
+    WITH locked_run AS (
+        SELECT id, task_id, user_id, status, credits_reserved, attempts, max_attempts, cancel_requested
           FROM task_runs
          WHERE id = :run_id
            AND ((status = 'queued' AND NOT cancel_requested
                  AND (not_before IS NULL OR not_before <= :now))
                 OR (status = 'running' AND lease_expires_at < :now))
            FOR UPDATE
+    ), task_lock AS (
+        -- A one-off task follows its run (task_follows): its row is locked here, before the
+        -- user's (slot), in the order every run end takes (run -> task -> user); a claim that
+        -- took the user first deadlocked with the finish of another run of the same task.
+        SELECT t.id FROM tasks AS t
+         WHERE t.id = (SELECT task_id FROM locked_run) AND t.cron IS NULL
+           FOR NO KEY UPDATE
+    ), candidate AS (
+        SELECT * FROM locked_run WHERE (SELECT count(*) FROM task_lock) >= 0
     ), {concurrency.ADMISSION_CTES}, {credits.hold_ctes(_FIRST_CLAIM_USER)}, claimed AS (
         UPDATE task_runs AS r
            SET status = 'running',

@@ -180,3 +180,41 @@ def test_run_now_racing_run_ends_of_its_task_never_deadlocks(
     assert [repr(error) for error in errors] == []
     with session_factory() as session:
         assert credit_books.audit(session)[1] == []
+
+
+def test_a_claim_racing_the_end_of_another_run_of_its_one_off_task_never_deadlocks(
+    client, make_account, session_factory: sessionmaker[Session], settings: Settings
+):
+    """A one-off task can have two live runs (run now while one runs). The claim of one makes
+    the task follow it (`running`) while the other's finish writes the task's result: both
+    must lock the task before the user, or Postgres aborts one with `deadlock detected`."""
+    account = make_account(plan="pro")
+    made = _queued_runs(client, account, session_factory, PAIRS)
+    errors: list[BaseException] = []
+    for task_id, run_id in made:
+        first = _claim(session_factory, run_id)
+        with session_factory.begin() as session:
+            second, _ = task_control.run_now(session, account.user_id, task_id, now=datetime.now(UTC))
+            second_id = second.id
+
+        def finish(claimed: ClaimedRun = first) -> None:
+            with session_factory.begin() as session:
+                runs.finish(
+                    session,
+                    claimed,
+                    Outcome(tokens=700, result="done"),
+                    tokens_per_credit=settings.tokens_per_credit,
+                    now=datetime.now(UTC),
+                )
+
+        def claim(run_id: uuid.UUID = second_id) -> None:
+            _claim(session_factory, run_id)
+
+        errors += _race(finish, claim)
+    assert [repr(error) for error in errors] == []
+    with session_factory() as session:
+        assert credit_books.audit(session)[1] == []
+        running = session.scalars(
+            select(TaskRun.status).where(TaskRun.user_id == account.user_id, TaskRun.status == "running")
+        ).all()
+        assert len(running) == PAIRS  # every second run was claimed
