@@ -121,17 +121,18 @@ class OpenAIProvider:
         #: Ask for `stream: true` answers (LLM_STREAM); a server may still answer plain JSON.
         self.stream = stream
         self._url = httpx.URL(f"{self.base_url}/chat/completions")
-        headers = {"Accept": "application/json"}
+        self._headers = {
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip, deflate",
+            "User-Agent": f"python-httpx/{httpx.__version__}",
+        }
         if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        # trust_env=False: with it, httpx would mount its own transports for proxies named in
-        # the environment and bypass ours; `DeadlineTransport` reads those proxies itself.
-        self._client = httpx.Client(
-            transport=DeadlineTransport(self._url, POOL_LIMITS),
-            headers=headers,
-            follow_redirects=False,
-            trust_env=False,
-        )
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        # Requests go straight to the transport, not through an `httpx.Client`: we use none of
+        # what the client adds (no redirects followed, no auth flow, no cookies, no hooks), and
+        # its cookie jar and per-request log line cost ~0.2 ms of CPU a call. `DeadlineTransport`
+        # reads the environment's proxies itself.
+        self._transport = DeadlineTransport(self._url, POOL_LIMITS)
 
     def complete(
         self,
@@ -154,12 +155,17 @@ class OpenAIProvider:
         if self.stream:
             payload["stream"] = True
             payload["stream_options"] = {"include_usage": True}
-        request = self._client.build_request(
-            "POST", self._url, json=payload, timeout=httpx.Timeout(timeout_s)
+        request = httpx.Request(
+            "POST",
+            self._url,
+            json=payload,
+            headers=self._headers,
+            extensions={"timeout": httpx.Timeout(timeout_s).as_dict()},
         )
         try:
             with call_deadline(deadline):
-                response = self._client.send(request, stream=True)
+                response = self._transport.handle_request(request)
+                response.request = request
                 try:
                     if response.is_success and _is_event_stream(response):
                         streamed = read_chat_stream(
@@ -280,7 +286,7 @@ class OpenAIProvider:
 
     def close(self) -> None:
         """Close the pooled connections; the provider must not be used afterwards."""
-        self._client.close()
+        self._transport.close()
 
     def __enter__(self) -> OpenAIProvider:
         return self
