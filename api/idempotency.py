@@ -5,25 +5,48 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from litestar import Request, Response
 from litestar.datastructures import State
+from litestar.params import HeaderParameter
 
 from api.state import ApiState
 from app.services import idempotency
 from app.services.idempotency import StoredAnswer
 
 Answer = Callable[[], Awaitable[Response[Any]]]
+#: The header as a handler declares it, so OpenAPI documents it and its rule; the value is checked
+#: by `idempotency.check_key` (a bad key is our 400 naming the header, like every bad input).
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name=idempotency.HEADER,
+        required=False,
+        description=(
+            "1..255 visible ASCII characters. A repeat from the same user within 24 h answers the "
+            "first answer again and creates nothing; with a different body, 422."
+        ),
+        schema_extra={
+            "oneOf": None,
+            "type": "string",
+            "minLength": 1,
+            "maxLength": idempotency.KEY_MAX_LENGTH,
+            "pattern": "^[!-~]+$",
+        },
+    ),
+]
 #: A request waits for a concurrent one with the same key at most this long (then 409s would be
 #: the alternative; the first request's lease is shorter, so this is a backstop).
 MAX_WAIT_S = idempotency.LEASE.total_seconds() + 10
 
 
-async def idempotent(request: Request[Any, Any, State], user_id: uuid.UUID, answer: Answer) -> Response[Any]:
-    """Answer once per key: replay a stored answer, wait for a concurrent one, or answer and keep it."""
-    raw = request.headers.get(idempotency.HEADER.lower())
+async def idempotent(
+    request: Request[Any, Any, State], user_id: uuid.UUID, raw: str | None, answer: Answer
+) -> Response[Any]:
+    """Answer once per key (`raw`, the header's value): replay a stored answer, wait for a
+    concurrent one, or answer and keep it. Without the header, just answer."""
     if raw is None:
         return await answer()
     key = idempotency.check_key(raw)
@@ -68,6 +91,10 @@ async def _answer_and_keep(
         with state.autocommit_sessions() as session:
             idempotency.release(session, user_id, key, print_)
 
+    def keep(stored: StoredAnswer) -> None:
+        with state.autocommit_sessions() as session:
+            idempotency.store(session, user_id, key, print_, stored)
+
     try:
         response = await answer()
     except BaseException:
@@ -78,11 +105,5 @@ async def _answer_and_keep(
     if not 200 <= status_code < 300:
         await anyio.to_thread.run_sync(release)
         return response
-    stored = StoredAnswer(status_code, response.content)
-
-    def keep() -> None:
-        with state.autocommit_sessions() as session:
-            idempotency.store(session, user_id, key, print_, stored)
-
-    await anyio.to_thread.run_sync(keep)
+    await anyio.to_thread.run_sync(keep, StoredAnswer(status_code, response.content))
     return response

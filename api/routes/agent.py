@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from api.auth import USER_AUTH
-from api.idempotency import idempotent
+from api.idempotency import IdempotencyKey, idempotent
 from api.schemas.openapi import answer, errors
 from api.schemas.requests import ExecuteBody
 from api.schemas.responses import FinishedRun, QueuedRun, ScheduledTask
@@ -47,13 +47,16 @@ def _create(state: ApiState, user_id: uuid.UUID, request: ExecuteRequest) -> Cre
     },
 )
 async def execute(
-    request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], data: JSONBody[ExecuteBody]
+    request: Request[Any, Any, State],
+    user_id: NamedDependency[uuid.UUID],
+    data: JSONBody[ExecuteBody],
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[Any]:
     """Create a task. Scheduled: 201. Async: 202 with the queued run. Otherwise wait for it.
 
     With an `Idempotency-Key`, a repeat within 24 h answers the first answer again.
     """
-    return await idempotent(request, user_id, lambda: _execute(request, user_id, data))
+    return await idempotent(request, user_id, idempotency_key, lambda: _execute(request, user_id, data))
 
 
 async def _execute(request: Request[Any, Any, State], user_id: uuid.UUID, data: ExecuteBody) -> Response[Any]:

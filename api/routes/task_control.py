@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from api.auth import USER_AUTH
-from api.idempotency import idempotent
+from api.idempotency import IdempotencyKey, idempotent
 from api.schemas.openapi import answer, errors
 from api.schemas.requests import TaskPatchBody
 from api.schemas.responses import QueuedRun, TaskView
@@ -64,6 +64,7 @@ async def run_task_now(
     request: Request[Any, Any, State],
     user_id: NamedDependency[uuid.UUID],
     task_id: FromPath[uuid.UUID],
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[dict[str, Any]]:
     """Queue a run now, outside the schedule (once per `Idempotency-Key`)."""
     state: ApiState = request.app.state.api
@@ -77,7 +78,7 @@ async def run_task_now(
     async def queue_run() -> Response[dict[str, Any]]:
         return await anyio.to_thread.run_sync(run_now)
 
-    return await idempotent(request, user_id, queue_run)
+    return await idempotent(request, user_id, idempotency_key, queue_run)
 
 
 @post(

@@ -162,3 +162,16 @@ def test_the_api_docs_use_only_assets_the_api_serves(client):
             assert asset.status_code == 200, url
             assert len(asset.content) > 100, url
     assert "SwaggerUIBundle" in client.get("/schema-assets/swagger-ui-bundle.js").text
+
+
+@pytest.mark.parametrize(
+    ("path", "method"), [("/api/agent/execute", "post"), ("/api/tasks/{task_id}/run", "post")]
+)
+def test_the_operations_that_take_an_idempotency_key_document_it(document, path, method):
+    parameters = document["paths"][path][method]["parameters"]
+    key = next(p for p in parameters if p["name"].lower() == "idempotency-key")
+    assert (key["in"], key["required"]) == ("header", False)
+    schema = key["schema"]
+    assert (schema["type"], schema["minLength"], schema["maxLength"]) == ("string", 1, 255)
+    assert re.fullmatch(schema["pattern"], "order-42_!~")
+    assert not re.fullmatch(schema["pattern"], "has space")

@@ -5,6 +5,9 @@
   generated host names do not resolve, so a URL that the schema accepts is pointed at a
   loopback receiver before it is sent (the server under test runs with
   WEBHOOK_ALLOW_PRIVATE=true). URLs the schema refuses are sent as generated.
+- An `Idempotency-Key` sent again with another body is a documented 422: a key the schema
+  accepts is made unique to its case, so a valid case is never refused for a key an earlier
+  case used. Keys the schema refuses are sent as generated.
 
 Positive cases are therefore valid, and negative cases still come from the rest of the schema.
 
@@ -14,6 +17,7 @@ Load with `SCHEMATHESIS_HOOKS=tests.support.schemathesis_hooks` (CLI) or import 
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,8 +55,20 @@ def _resolvable(url: str) -> str:
     return urlunsplit(parts._replace(netloc=RECEIVER))
 
 
+#: A key the schema accepts (1..255 visible ASCII characters).
+IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,255}")
+
+
+def _unique_key(key: str) -> str:
+    suffix = f"-{uuid.uuid4().hex}"
+    return key[: 255 - len(suffix)] + suffix
+
+
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: Any) -> None:
+    for name, value in list((case.headers or {}).items()):
+        if name.lower() == "idempotency-key" and isinstance(value, str) and IDEMPOTENCY_KEY.fullmatch(value):
+            case.headers[name] = _unique_key(value)
     webhook = case.body.get("webhook") if isinstance(case.body, dict) else None
     url = webhook.get("url") if isinstance(webhook, dict) else None
     if isinstance(url, str) and len(url) <= WEBHOOK_URL_MAX_CHARS and re.search(WEBHOOK_URL_PATTERN, url):
