@@ -6,8 +6,9 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Row, TextClause, create_engine
+from sqlalchemy import Engine, MetaData, TextClause, create_engine
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from app.settings import Settings
@@ -70,15 +71,36 @@ def driver_sql(statement: TextClause, dialect: Dialect) -> str:
     return str(statement.compile(dialect=dialect))
 
 
-def execute_one(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> Row[Any] | None:
+def execute_one(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """Run one textual statement as its own unit of work; its first row, if it returns rows.
 
-    For the worker's hottest statements (a run's step writes, about ten a run): an ORM Session
-    around each costs ~110 us of CPU against ~55 us for a Core connection executing the
-    statement's driver SQL (compiled once per dialect), measured with 3,000 executions of one
-    statement (benchmarks/README.md, "runs_throughput"). SQLAlchemy still owns the connection:
-    its pool, and its handling of a connection Postgres dropped (the pool is invalidated).
+    For the worker's hottest statements (a run's step writes, about ten a run), straight through
+    psycopg on a connection of the engine's pool: an ORM Session around each cost ~110 us of CPU
+    and a Core `exec_driver_sql` ~55 us (its result objects), against ~25 us here, measured over
+    3,000 executions of one statement (benchmarks/README.md, "runs_throughput"). What SQLAlchemy
+    would do on an error is kept: the error is raised as SQLAlchemy's (OperationalError, ...),
+    and when Postgres dropped the connection, the connection is discarded and so is the rest of
+    the pool (`Engine.dispose`: they were opened before the drop), as SQLAlchemy does.
     """
-    with engine.begin() as connection:
-        result = connection.exec_driver_sql(driver_sql(statement, engine.dialect), dict(params))
-        return result.first() if result.returns_rows else None
+    sql = driver_sql(statement, engine.dialect)
+    pooled = engine.raw_connection()
+    driver: Any = pooled.driver_connection
+    try:
+        with driver.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone() if cursor.description is not None else None
+        if not driver.autocommit:
+            driver.commit()
+        return tuple(row) if row is not None else None
+    except engine.dialect.loaded_dbapi.Error as exc:
+        disconnected = engine.dialect.is_disconnect(exc, driver, None)
+        if disconnected:
+            pooled.invalidate(exc)
+            engine.dispose()
+        elif not driver.closed:
+            driver.rollback()
+        raise DBAPIError.instance(
+            sql, dict(params), exc, engine.dialect.loaded_dbapi.Error, connection_invalidated=disconnected
+        ) from exc
+    finally:
+        pooled.close()
