@@ -75,12 +75,12 @@ def execute_one(engine: Engine, statement: TextClause, params: Mapping[str, Any]
     """Run one textual statement as its own unit of work; its first row, if it returns rows.
 
     For the worker's hottest statements (a run's step writes, about ten a run), straight through
-    psycopg on a connection of the engine's pool: an ORM Session around each cost ~110 us of CPU
-    and a Core `exec_driver_sql` ~55 us (its result objects), against ~25 us here, measured over
-    3,000 executions of one statement (benchmarks/README.md, "runs_throughput"). What SQLAlchemy
-    would do on an error is kept: the error is raised as SQLAlchemy's (OperationalError, ...),
-    and when Postgres dropped the connection, the connection is discarded and so is the rest of
-    the pool (`Engine.dispose`: they were opened before the drop), as SQLAlchemy does.
+    psycopg on a connection of the engine's pool. CPU per statement, `benchmarks.statement_overhead`
+    (one thread, 3,000 executions; quiet machine / load 5.5): an ORM Session around each 112 /
+    219 us, a Core connection 68 / 145 us (its result objects), this 25 / 56 us, bare psycopg
+    20 / 49 us. What SQLAlchemy would do on an error is kept: the error is raised as SQLAlchemy's
+    (OperationalError, ...), and when Postgres dropped the connection, the connection is discarded
+    and so is the rest of the pool (`Engine.dispose`: they were opened before the drop).
     """
     sql = driver_sql(statement, engine.dialect)
     pooled = engine.raw_connection()
