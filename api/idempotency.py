@@ -13,6 +13,7 @@ from litestar.datastructures import State
 from litestar.params import HeaderParameter
 
 from api.state import ApiState
+from app.errors import RunNotSent
 from app.services import idempotency
 from app.services.idempotency import StoredAnswer
 
@@ -97,6 +98,13 @@ async def _answer_and_keep(
 
     try:
         response = await answer()
+    except RunNotSent as exc:
+        # The run exists (the 503 says so): a repeat must not make another, so the key keeps
+        # the answer the run has, queued.
+        queued = {"taskId": str(exc.task_id), "runId": str(exc.run_id), "status": exc.status}
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(keep, StoredAnswer(202, queued))
+        raise
     except BaseException:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(release)

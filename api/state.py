@@ -11,10 +11,14 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import SYSTEM_CLOCK, Clock
+from app.errors import RunNotSent
 from app.services.dispatch import Dispatch
 from app.services.run_events import RunWaiter
 from app.services.run_feed import RunFeed
 from app.settings import Settings
+
+#: (run id, message id) of each run message that reached Redis.
+Sent = list[tuple[uuid.UUID, str]]
 
 #: How long a verified API key is trusted without asking Postgres again (seconds).
 API_KEY_CACHE_TTL_S = 10.0
@@ -60,11 +64,22 @@ class ApiState:
     #: Sessions whose every statement commits on its own (for single-statement units of work).
     autocommit_sessions: sessionmaker[Session]
     waiter: RunWaiter
-    #: Send run messages, then record on each run that its message was sent.
-    send: Callable[[Sequence[Dispatch]], object]
-    #: Send run messages whose rows already record their message ids.
-    send_recorded: Callable[[Sequence[Dispatch]], object]
+    #: Send run messages, then record on each run that its message was sent; returns the
+    #: (run id, message id) of each message that reached Redis.
+    send: Callable[[Sequence[Dispatch]], Sent]
+    #: Send run messages whose rows already record their message ids (returns as `send`).
+    send_recorded: Callable[[Sequence[Dispatch]], Sent]
     clock: Clock = SYSTEM_CLOCK
     keys: ApiKeyCache = field(default_factory=ApiKeyCache)
     #: Live run events, fanned out from the waiter's listener and one Redis subscription.
     feed: RunFeed = field(default=None)  # type: ignore[assignment]
+
+
+def ensure_sent(dispatches: Sequence[Dispatch], sent: Sent, task_id: uuid.UUID, status: str) -> None:
+    """`RunNotSent` (a 503) unless every run message reached Redis: CONTRACT "When a dependency
+    is down" answers 503 while Redis is unreachable, though the run itself is saved. (A run held
+    by its user's concurrency limit has no message yet: nothing to check.)"""
+    sent_runs = {run_id for run_id, _ in sent}
+    for dispatch in dispatches:
+        if dispatch.run_id not in sent_runs:
+            raise RunNotSent(task_id, dispatch.run_id, status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 
 
@@ -55,6 +56,23 @@ class IdempotencyKeyReused(AppError):
     """An `Idempotency-Key` sent again with a different request."""
 
     code = "idempotency_key_reused"
+
+
+class RunNotSent(AppError):
+    """A run is saved and queued but its message could not reach Redis. Nothing is lost: the
+    reconciler sends it once Redis is back. The same request again would make another run."""
+
+    code = "unavailable"
+
+    def __init__(self, task_id: uuid.UUID, run_id: uuid.UUID, status: str) -> None:
+        super().__init__(
+            f"Redis is unavailable: run {run_id} of task {task_id} is saved and queued, and starts "
+            "once Redis is back; sending this request again makes another unless it carries the "
+            "same Idempotency-Key"
+        )
+        self.task_id = task_id
+        self.run_id = run_id
+        self.status = status
 
 
 class RateLimited(AppError):

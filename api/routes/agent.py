@@ -18,7 +18,7 @@ from api.schemas.openapi import answer, errors
 from api.schemas.requests import ExecuteBody
 from api.schemas.responses import FinishedRun, QueuedRun, ScheduledTask
 from api.schemas.views import run_view, schedule_view
-from api.state import ApiState
+from api.state import ApiState, ensure_sent
 from app.services.task_input import ExecuteRequest, parse_execute_request
 from app.services.tasks import CreatedTask, create_task, get_run, is_finished
 from app.wire import iso
@@ -31,7 +31,8 @@ def _create(state: ApiState, user_id: uuid.UUID, request: ExecuteRequest) -> Cre
     else:
         with state.session_factory.begin() as session:
             created = create_task(session, user_id, request, state.clock.now())
-    state.send_recorded(created.dispatches)  # after commit: the run row exists before its message
+    sent = state.send_recorded(created.dispatches)  # after commit: the row exists before its message
+    ensure_sent(created.dispatches, sent, created.task_id, created.status)
     return created
 
 

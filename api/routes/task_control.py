@@ -18,7 +18,7 @@ from api.schemas.openapi import answer, errors
 from api.schemas.requests import TaskPatchBody
 from api.schemas.responses import QueuedRun, TaskView
 from api.schemas.views import task_view
-from api.state import ApiState
+from api.state import ApiState, ensure_sent
 from app.services import task_control
 from app.services.task_input import TaskUpdate, parse_task_update
 from app.services.tasks import recent_runs
@@ -72,7 +72,7 @@ async def run_task_now(
     def run_now() -> Response[dict[str, Any]]:
         with state.session_factory.begin() as session:
             run, dispatch = task_control.run_now(session, user_id, task_id, now=state.clock.now())
-        state.send([dispatch])
+        ensure_sent([dispatch], state.send([dispatch]), task_id, run.status)
         return Response({"taskId": str(task_id), "runId": str(run.id), "status": run.status}, status_code=202)
 
     async def queue_run() -> Response[dict[str, Any]]:

@@ -50,12 +50,14 @@ def test_redis_down_answers_503_and_the_api_recovers_alone(tmp_path: Path, spawn
             assert int(stats.headers["Retry-After"]) > 0
             # A pass with nothing due does not need Redis; one with due tasks re-sends later.
             assert client.post("/api/cron/check-scheduled-tasks", headers=cron).status_code in (200, 503)
-            # A new run is written to Postgres first; its message is sent after the commit, and
-            # the reconciler re-sends what Redis lost, so 202 is as right as a clean 503.
+            # A new run is written to Postgres first and its message sent after the commit: the
+            # send fails, so the answer is a 503 that says the run is saved (the reconciler
+            # sends it when Redis is back), not a 202 that says it is on its way.
             queued = client.post("/api/agent/execute", json=body)
-            assert queued.status_code in (202, 503), queued.text
-            if queued.status_code == 503:
-                assert queued.json()["error"] == "unavailable"
+            assert queued.status_code == 503, queued.text
+            assert queued.json()["error"] == "unavailable"
+            assert int(queued.headers["Retry-After"]) > 0
+            assert "saved and queued" in queued.json()["message"]
             assert client.get("/api/health").json()["redis"].startswith("down")
             for path in ("/api/me", "/api/tasks"):  # Postgres alone: still answered, or a clean 503
                 assert client.get(path).status_code in (200, 503), path
