@@ -12,14 +12,8 @@ import redis
 from sqlalchemy import func, select
 
 from app.models import Task, TaskRun
+from tests.integration.test_idempotency import ASYNC, SCHEDULED
 from tests.integration.test_reconcile import do_reconcile
-
-ASYNC = {"goal": "Check competitor pricing", "agentType": "research_agent", "async": True}
-SCHEDULED = {
-    "goal": "Check competitor pricing",
-    "agentType": "research_agent",
-    "schedule": {"enabled": True, "cron": "0 9 * * *", "timezone": "UTC"},
-}
 
 
 @contextlib.contextmanager
