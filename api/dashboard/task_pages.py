@@ -10,11 +10,14 @@ import anyio
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
+from sqlalchemy.orm import Session
 
 from api.dashboard.render import is_fragment_request, page
 from api.dashboard.web import BASE_PATH, signed_in, state_of
+from api.state import ApiState
 from app.errors import InvalidInput
 from app.services import dashboard, task_control
 from app.services.dashboard_sessions import SignedIn
@@ -190,81 +193,64 @@ def task_page(
     return page("task.html", context)
 
 
+#: A task action, done in one transaction: (session, state, user, task id) -> its result. Run
+#: now's result is (run, dispatch), its message sent after the commit.
+Action = Callable[[Session, ApiState, SignedIn, uuid.UUID], Any]
+
+
 def _task_action(
-    request: Request[Any, Any, State], user: SignedIn, task_id: uuid.UUID, act: Callable[..., Any]
+    request: Request[Any, Any, State], user: SignedIn, task_id: uuid.UUID, act: Action
 ) -> Redirect:
     state = state_of(request)
     with state.session_factory.begin() as session:
-        result = act(session)
+        result = act(session, state, user, task_id)
     if isinstance(result, tuple):  # run now: (run, dispatch), sent after the commit
         state.send([result[1]])
     return Redirect(f"{BASE_PATH}/tasks/{task_id}", status_code=303)
 
 
-def _update(state: Any, user: SignedIn, task_id: uuid.UUID, schedule: dict[str, Any]) -> Callable[..., Any]:
+def _update(schedule: dict[str, Any]) -> Action:
     update = TaskUpdate(title=None, priority=None, schedule=schedule)
-    return lambda session: task_control.update_task(
-        session, user.user_id, task_id, update, settings=state.settings, now=state.clock.now()
+
+    def act(session: Session, state: ApiState, user: SignedIn, task_id: uuid.UUID) -> Any:
+        return task_control.update_task(
+            session, user.user_id, task_id, update, settings=state.settings, now=state.clock.now()
+        )
+
+    return act
+
+
+def _run_now(session: Session, state: ApiState, user: SignedIn, task_id: uuid.UUID) -> Any:
+    return task_control.run_now(session, user.user_id, task_id, now=state.clock.now())
+
+
+def _cancel(session: Session, state: ApiState, user: SignedIn, task_id: uuid.UUID) -> Any:
+    return task_control.cancel_task(
+        session, user.user_id, task_id, settings=state.settings, now=state.clock.now()
     )
 
 
-@post(
-    f"{BASE_PATH}/tasks/{{task_id:uuid}}/pause",
-    dependencies=USER,
-    sync_to_thread=True,
-    include_in_schema=False,
-)
-def pause_task(
-    request: Request[Any, Any, State], user: NamedDependency[SignedIn], task_id: FromPath[uuid.UUID]
-) -> Redirect:
-    return _task_action(request, user, task_id, _update(state_of(request), user, task_id, {"enabled": False}))
+def _action_route(name: str, act: Action) -> HTTPRouteHandler:
+    """`POST /dashboard/tasks/{id}/<name>`: `act`, then back to the task's page."""
 
-
-@post(
-    f"{BASE_PATH}/tasks/{{task_id:uuid}}/resume",
-    dependencies=USER,
-    sync_to_thread=True,
-    include_in_schema=False,
-)
-def resume_task(
-    request: Request[Any, Any, State], user: NamedDependency[SignedIn], task_id: FromPath[uuid.UUID]
-) -> Redirect:
-    return _task_action(request, user, task_id, _update(state_of(request), user, task_id, {"enabled": True}))
-
-
-@post(
-    f"{BASE_PATH}/tasks/{{task_id:uuid}}/run", dependencies=USER, sync_to_thread=True, include_in_schema=False
-)
-def run_task(
-    request: Request[Any, Any, State], user: NamedDependency[SignedIn], task_id: FromPath[uuid.UUID]
-) -> Redirect:
-    state = state_of(request)
-    return _task_action(
-        request,
-        user,
-        task_id,
-        lambda s: task_control.run_now(s, user.user_id, task_id, now=state.clock.now()),
+    @post(
+        f"{BASE_PATH}/tasks/{{task_id:uuid}}/{name}",
+        dependencies=USER,
+        sync_to_thread=True,
+        include_in_schema=False,
     )
+    def task_action(
+        request: Request[Any, Any, State], user: NamedDependency[SignedIn], task_id: FromPath[uuid.UUID]
+    ) -> Redirect:
+        return _task_action(request, user, task_id, act)
+
+    return task_action
 
 
-@post(
-    f"{BASE_PATH}/tasks/{{task_id:uuid}}/cancel",
-    dependencies=USER,
-    sync_to_thread=True,
-    include_in_schema=False,
-)
-def cancel_task(
-    request: Request[Any, Any, State], user: NamedDependency[SignedIn], task_id: FromPath[uuid.UUID]
-) -> Redirect:
-    state = state_of(request)
-    return _task_action(
-        request,
-        user,
-        task_id,
-        lambda s: task_control.cancel_task(
-            s, user.user_id, task_id, settings=state.settings, now=state.clock.now()
-        ),
-    )
+pause_task = _action_route("pause", _update({"enabled": False}))
+resume_task = _action_route("resume", _update({"enabled": True}))
+run_task = _action_route("run", _run_now)
+cancel_task = _action_route("cancel", _cancel)
 
 
 @post(f"{BASE_PATH}/tasks/{{task_id:uuid}}/schedule", dependencies=USER, include_in_schema=False)
@@ -280,9 +266,7 @@ async def edit_schedule(
     try:
         if not schedule["cron"]:
             raise InvalidInput({"schedule.cron": 'is required, e.g. "0 9 * * *"'})
-        return await anyio.to_thread.run_sync(
-            _task_action, request, user, task_id, _update(state, user, task_id, schedule)
-        )
+        return await anyio.to_thread.run_sync(_task_action, request, user, task_id, _update(schedule))
     except InvalidInput as exc:
         errors = {FORM_FIELDS.get(name, name): text for name, text in exc.fields.items()}
 
