@@ -110,6 +110,10 @@ class Sample:
     queued: int
     model_in_flight: int
     model_answered: int
+    #: The model server's counters: seconds serving answered calls, event loop lag (sum, ticks).
+    model_served_s: float
+    model_lag_s: float
+    model_lag_ticks: int
     rss_mb: list[float]
     connections: int
     consumers: int
@@ -122,10 +126,13 @@ class Result:
     statuses: dict[str, int] = field(default_factory=dict)
     peak_rss_mb: list[float] = field(default_factory=list)
     latency_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    step_latency_ms: float = 0.0
+    timeline_s: tuple[float, ...] = ()
     errors: dict[str, int] = field(default_factory=dict)
     worker_log: Path | None = None
     threads: collections.Counter[str] = field(default_factory=collections.Counter)
     dumps: int = 0
+    dump_s: float = 0.0
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_window: tuple[float, int] = (0.0, 0)
     sessions_opened: int = 0
@@ -223,6 +230,8 @@ def run_scenario(
     if lost:
         result.notes.append(lost)
     result.latency_s = _latencies(engine)
+    result.step_latency_ms = _step_latency_ms(engine)
+    result.timeline_s = _run_timeline(engine)
     result.errors = _log_errors(result.worker_log)
     return result
 
@@ -302,7 +311,7 @@ def _sample(engine: Any, worker: Child, port: int) -> Sample:
     try:
         stats = _model_stats(port)
     except OSError:
-        stats = {"in_flight": -1, "answered": -1}
+        stats = {"in_flight": -1, "answered": -1, "served_s": 0.0, "loop_lag_s": 0.0, "loop_ticks": 0}
     return Sample(
         t=time.monotonic(),
         running=counts.get("running", 0),
@@ -311,6 +320,9 @@ def _sample(engine: Any, worker: Child, port: int) -> Sample:
         queued=counts.get("queued", 0),
         model_in_flight=int(stats["in_flight"]),
         model_answered=int(stats["answered"]),
+        model_served_s=float(stats["served_s"]),
+        model_lag_s=float(stats["loop_lag_s"]),
+        model_lag_ticks=int(stats["loop_ticks"]),
         rss_mb=[rss_mb(pid) for pid in worker_pids(worker.pid)],
         connections=bench_connections(),
         consumers=consumers_on_bench_redis(),
@@ -332,9 +344,17 @@ def _census(worker: Child, result: Result) -> None:
     pids = worker_pids(worker.pid)
     if spy is None or not pids:
         return
+    # --nonblocking: a blocking dump stops the process while it walks ~270 threads' stacks (a
+    # second or more on the busy machine), and six of them cut the throughput being measured.
+    started = time.monotonic()
     dump = subprocess.run(
-        [spy, "dump", "--pid", str(pids[0])], capture_output=True, text=True, timeout=30, check=False
+        [spy, "dump", "--nonblocking", "--pid", str(pids[0])],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     ).stdout
+    result.dump_s += time.monotonic() - started
     for section in dump.split("\nThread ")[1:]:
         for state, marker in THREAD_STATES:
             if marker in section:
@@ -363,6 +383,45 @@ def _latencies(engine: Any) -> tuple[float, float, float]:
         ).one()
     p50, p99, wait = (float(v or 0.0) for v in row)
     return p50, p99, wait
+
+
+_RUN_TIMELINE = """
+WITH s AS (
+    SELECT s.run_id, s.index, s.started_at, s.finished_at, s.latency_ms,
+           lag(s.finished_at) OVER (PARTITION BY s.run_id ORDER BY s.index) AS previous_end,
+           r.started_at AS run_started, r.finished_at AS run_finished,
+           s.index = max(s.index) OVER (PARTITION BY s.run_id) AS last
+      FROM run_steps AS s JOIN task_runs AS r ON r.id = s.run_id
+     WHERE s.status = 'completed' AND r.status = 'completed' AND r.attempts = 1
+)
+SELECT avg(extract(epoch FROM started_at - run_started)) FILTER (WHERE index = 0),
+       avg(extract(epoch FROM finished_at - started_at) - latency_ms / 1000.0),
+       avg(latency_ms / 1000.0),
+       avg(extract(epoch FROM started_at - previous_end)) FILTER (WHERE index > 0),
+       avg(extract(epoch FROM run_finished - finished_at)) FILTER (WHERE last)
+  FROM s
+"""
+
+
+def _run_timeline(engine: Any) -> tuple[float, ...]:
+    """Mean seconds a run spends: claim to its first step, a step outside its model call (its
+    start written, the deltas flushed), in the call, from a step's end to the next one's start
+    (the end written), from the last step's end to the run's end (the finish written)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        row = conn.execute(text(_RUN_TIMELINE)).one()
+    return tuple(float(value or 0.0) for value in row)
+
+
+def _step_latency_ms(engine: Any) -> float:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        value = conn.execute(
+            text("SELECT avg(latency_ms) FROM run_steps WHERE status = 'completed'")
+        ).scalar_one()
+    return float(value or 0.0)
 
 
 _ERROR_PATTERNS = {
@@ -429,6 +488,7 @@ def report(args: argparse.Namespace, result: Result) -> dict[str, float]:
                 f"     plus up to {stuck} runs stuck 'running' (beyond the threads, or started over "
                 f"{STALE_RUNNING_S} s ago)"
             )
+        _report_model_time(args, start, end, result.step_latency_ms, rate, total_threads / calls_per_run)
         verdict = running >= GOAL_IN_FLIGHT and rate >= GOAL_SHARE_OF_IDEAL * ideal
         print(
             f"     goal >= {GOAL_IN_FLIGHT} in flight at >= {GOAL_SHARE_OF_IDEAL:.0%} of ideal: "
@@ -439,6 +499,13 @@ def report(args: argparse.Namespace, result: Result) -> dict[str, float]:
         f"   one run, claimed to finished: p50 {p50:.2f} s, p99 {p99:.2f} s (ideal {ideal_latency:.2f} s); "
         f"mean wait in queue {queued_wait:.1f} s"
     )
+    if result.timeline_s:
+        claim, around, call, between, finish = result.timeline_s
+        print(
+            f"   a run's time, mean s: claim to first step {claim:.3f}; per step: in the model call "
+            f"{call:.3f}, outside it (start written, deltas flushed) {around:.3f}; step end to next "
+            f"start {between:.3f}; last step to run end {finish:.3f}"
+        )
     _report_threads(result)
     _report_cpu(result)
     columns = max(len(s.rss_mb) for s in samples)
@@ -467,13 +534,42 @@ def report(args: argparse.Namespace, result: Result) -> dict[str, float]:
     return figures
 
 
+def _report_model_time(
+    args: argparse.Namespace,
+    start: Sample,
+    end: Sample,
+    step_latency_ms: float,
+    rate: float,
+    calls_per_s: float,
+) -> None:
+    """Where a model call's time goes: the server's side (a starved server stretches the delay)
+    against the workers' (a step's latency_ms: from the request to the answer's last piece read)."""
+    answered = end.model_answered - start.model_answered
+    ticks = end.model_lag_ticks - start.model_lag_ticks
+    if answered <= 0 or ticks <= 0:
+        return
+    served = (end.model_served_s - start.model_served_s) / answered
+    lag_ms = 1000 * (end.model_lag_s - start.model_lag_s) / ticks
+    print(
+        f"     a model call: {served:.2f} s at the server (delay {args.delay:g} s; its loop's timers "
+        f"{lag_ms:.1f} ms late on average), {step_latency_ms / 1000:.2f} s in the worker (steps' "
+        f"latency, mean)"
+    )
+    if served > args.delay:
+        print(
+            f"     (at the server's own {served:.2f} s a call the ideal is "
+            f"{calls_per_s / served:.1f} runs/s; the workers reached "
+            f"{100 * rate * served / calls_per_s:.0f}% of that)"
+        )
+
+
 def _report_threads(result: Result) -> None:
     if not result.dumps:
         return
     threads = sum(result.threads.values()) / result.dumps
     print(
         f"   worker threads of one process, mean of {result.dumps} py-spy dumps in the steady state "
-        f"({threads:.0f} threads):"
+        f"({threads:.0f} threads, {result.dump_s / result.dumps:.1f} s a dump):"
     )
     for state, count in result.threads.most_common():
         print(f"     {count / result.dumps:6.1f}  {state}")
