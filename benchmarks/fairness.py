@@ -26,8 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.common import (
-    Child,
-    bench_environment,
     children,
     create_users,
     dramatiq_worker,
@@ -43,8 +41,8 @@ from benchmarks.common import (
     send_run_messages,
     truncate_runs,
     use_bench_environment,
-    wait_for_port,
 )
+from benchmarks.workers import start_model_server, worker_environment
 
 
 def create_run(session_factory: Any, user_id: uuid.UUID, priority: str) -> uuid.UUID:
@@ -167,25 +165,8 @@ def measure(args: argparse.Namespace) -> int:
     threads = args.processes * args.threads
     print(machine_note())
     with children() as started:
-        server = Child(
-            "model server",
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.model_server",
-                "--port",
-                str(port),
-                "--delay",
-                str(args.delay),
-            ],
-            bench_environment(),
-            logs / "model-server.log",
-        )
-        started.append(server.start())
-        wait_for_port(port, child=server)
-        env = bench_environment(
-            LLM_PROVIDER="openai", LLM_BASE_URL=f"http://127.0.0.1:{port}/v1", LLM_API_KEY="x"
-        )
+        start_model_server(started, port, args.delay, logs)
+        env = worker_environment(port)
 
         # 1. A's backlog against B's new runs
         a, b = create_users(engine, 2)

@@ -15,15 +15,11 @@ what holds them back.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
 
 from benchmarks.common import (
-    Child,
-    bench_environment,
     children,
     create_users,
     dramatiq_worker,
@@ -38,8 +34,8 @@ from benchmarks.common import (
     run_status_counts,
     send_run_messages,
     use_bench_environment,
-    wait_for_port,
 )
+from benchmarks.workers import model_arrivals, start_model_server, worker_environment
 
 WINDOW_S = 10.0
 FINISHED = ("completed", "failed", "cancelled", "skipped")
@@ -82,28 +78,8 @@ def measure(args: argparse.Namespace) -> int:
     logs = log_directory("rate-limit")
     port = free_port()
     with children() as started:
-        server = Child(
-            "model server",
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.model_server",
-                "--port",
-                str(port),
-                "--delay",
-                str(args.delay),
-            ],
-            bench_environment(),
-            logs / "model-server.log",
-        )
-        started.append(server.start())
-        wait_for_port(port, child=server)
-        env = bench_environment(
-            LLM_PROVIDER="openai",
-            LLM_BASE_URL=f"http://127.0.0.1:{port}/v1",
-            LLM_API_KEY="x",
-            LLM_RPM=str(args.rpm),
-        )
+        start_model_server(started, port, args.delay, logs)
+        env = worker_environment(port, LLM_RPM=str(args.rpm))
         worker = dramatiq_worker("actors", args.processes, args.threads, env, logs / "worker.log")
         started.append(worker.start())
         deadline = time.monotonic() + args.timeout
@@ -112,8 +88,7 @@ def measure(args: argparse.Namespace) -> int:
             if sum(counts.get(s, 0) for s in FINISHED) >= args.runs:
                 break
             time.sleep(1.0)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/arrivals", timeout=10) as answer:
-            arrivals: list[float] = json.loads(answer.read())
+        arrivals = model_arrivals(port)
     counts = run_status_counts(engine)
     engine.dispose()
     budget_per_window = args.rpm * WINDOW_S / 60

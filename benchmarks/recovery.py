@@ -24,7 +24,6 @@ from typing import Any
 
 from benchmarks.common import (
     Child,
-    bench_environment,
     children,
     create_users,
     dramatiq_worker,
@@ -41,8 +40,8 @@ from benchmarks.common import (
     send_run_messages,
     truncate_runs,
     use_bench_environment,
-    wait_for_port,
 )
+from benchmarks.workers import model_arrivals, start_model_server, worker_environment
 
 PRIORITY = "medium"
 CALLS_PER_RUN = 4
@@ -79,13 +78,6 @@ def _lift_concurrency_limits(engine: Any, runs: int) -> None:
         conn.execute(text("UPDATE users SET max_concurrent_runs = :n"), {"n": runs})
 
 
-def _model_calls(port: int) -> int:
-    """Calls the model server received (a call cut by the kill counts: it was paid for)."""
-    import httpx
-
-    return len(httpx.get(f"http://127.0.0.1:{port}/arrivals", timeout=5).json())
-
-
 def _wait(check: Any, timeout_s: float, what: str) -> float:
     started = time.monotonic()
     while not check():
@@ -111,10 +103,8 @@ def run(args: argparse.Namespace) -> int:
         _lift_concurrency_limits(engine, args.runs)
         run_ids = insert_queued_runs(engine, users, args.runs, priority=PRIORITY, timeout_ms=ONE_HOUR_MS)
         port = free_port()
-        env = bench_environment(
-            LLM_PROVIDER="openai",
-            LLM_BASE_URL=f"http://127.0.0.1:{port}/v1",
-            LLM_API_KEY="x",
+        env = worker_environment(
+            port,
             RUN_LEASE_S=str(args.lease_s),
             RUN_HEARTBEAT_S=str(args.heartbeat_s),
             RECONCILE_INTERVAL_S=str(args.reconcile_s),
@@ -123,22 +113,7 @@ def run(args: argparse.Namespace) -> int:
             dramatiq_queue_prefetch=str(args.threads),
         )
         with children() as started:
-            server = Child(
-                "model server",
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.model_server",
-                    "--port",
-                    str(port),
-                    "--delay",
-                    str(args.delay),
-                ],
-                bench_environment(),
-                logs / "model-server.log",
-            )
-            started.append(server.start())
-            wait_for_port(port, child=server)
+            start_model_server(started, port, args.delay, logs)
             scheduler = Child("scheduler", [sys.executable, "-m", "scheduler"], env, logs / "scheduler.log")
             started.append(scheduler.start())
             worker_a = dramatiq_worker("actors", 1, args.threads, env, logs / "worker-a.log")
@@ -172,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
                 args.timeout,
                 "completion",
             )
-            answered = _model_calls(port)
+            answered = len(model_arrivals(port))  # a call cut by the kill counts: it was paid for
         _report(args, engine, held, back_s, done_s + back_s, answered, killed_at)
     finally:
         client.close()
