@@ -32,7 +32,7 @@ from app.agents.steps import (
 )
 from app.clock import Clock
 from app.errors import BudgetExhausted, ProviderError, RunCancelled, RunTimeout
-from app.providers.base import ChatMessage, Completion, ModelProvider
+from app.providers.base import ChatMessage, Completion, DeltaCallback, ModelProvider
 from app.providers.offline import PLAN_MARKER
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class AgentRun:
         should_hand_back: Callable[[], bool] = lambda: False,
         journal: StepJournal | None = None,
         before_call: Sequence[BeforeCall] = (),
-        on_delta: Callable[[ModelCall, str], None] | None = None,
+        on_delta: Callable[[ModelCall], DeltaCallback] | None = None,
         log_prefix: str = "",
     ) -> None:
         self.agent = agent
@@ -215,7 +215,8 @@ class AgentRun:
                 model=call.model,
                 max_tokens=call.max_tokens,
                 timeout_s=remaining,
-                on_delta=(lambda text: on_delta(call, text)) if on_delta is not None else None,
+                # the receiver of this call's pieces, asked for once its start is written
+                on_delta=on_delta(call) if on_delta is not None else None,
             )
             if completion.text is None:  # a provider that breaks its protocol
                 raise ProviderError("the model returned no text")

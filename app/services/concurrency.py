@@ -32,6 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db import engine_of, execute_one
 from app.errors import InvalidInput
 from app.models.enums import PLAN_CONCURRENCY, Plan
 from app.services.dispatch import Dispatch
@@ -189,8 +190,11 @@ def release_after_delivery(
     """`release_after` in its own (autocommit) unit of work; on a database error, nothing (the
     reconciler's `release_stranded` catches up)."""
     try:
+        ended = execute_one(engine_of(session_factory), _ENDED_RUN_USER, {"run_id": run_id})
+        if ended is None:  # the common case: one short statement, no session
+            return []
         with session_factory.begin() as session:
-            return release_after(session, run_id, now)
+            return _dispatches(session, ended[0], now)
     except SQLAlchemyError:
         logger.warning(
             "run %s: could not release its user's waiting runs; the reconciler will", run_id, exc_info=True

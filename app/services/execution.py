@@ -8,6 +8,7 @@ process's `LeaseKeeper` renews the run's lease. An attempt that finds its run cl
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -23,6 +24,7 @@ from app.agents.registry import AGENT_TYPES, get_agent
 from app.agents.runtime import AgentRun, Deadline
 from app.agents.steps import AttemptHandedBack, AttemptLost, BeforeCall
 from app.clock import SYSTEM_CLOCK, Clock
+from app.db import engine_of
 from app.errors import InsufficientCredits, RunFailure, UnknownAgent
 from app.models import TaskRun
 from app.providers.base import ModelProvider
@@ -154,39 +156,42 @@ def _fail_now(session: Session, env: RunEnvironment, claimed: ClaimedRun, code: 
 def _claim(env: RunEnvironment, run_id: uuid.UUID) -> ClaimedRun | None:
     now = env.clock.now()
     reservation = credits.reservation(env.settings.run_token_budget, env.settings.tokens_per_credit)
-    with env.session_factory.begin() as session:
-        claimed = claim_run(
-            session,
-            run_id,
-            now=now,
-            lease_ms=int(env.settings.run_lease_s * 1000),
-            reservation=reservation,
-        )
-        if claimed is None:
-            logger.debug("run %s: nothing to claim (duplicate or late delivery)", run_id)
-            return None
-        if claimed.attempt == 1 and claimed.scheduled_for is not None:
-            metrics.record_lateness((now - claimed.scheduled_for).total_seconds())
-        if claimed.cancel_requested:
-            _fail_now(session, env, claimed, "cancelled", "the task was cancelled")
-            return None
-        if claimed.attempt > claimed.max_attempts:
-            _fail_now(session, env, claimed, "worker_lost", "its worker stopped and no attempts were left")
-            return None
-        if claimed.agent_type not in AGENT_TYPES:
-            _fail_now(session, env, claimed, UnknownAgent.code, f"unknown agent type {claimed.agent_type!r}")
-            return None
-        if not claimed.reserved:
-            _fail_now(
-                session,
-                env,
-                claimed,
-                InsufficientCredits.code,
-                "less than 1 credit is left this month (credits used and held by running runs "
-                "reach the plan's allowance)",
-            )
-            return None
+    claimed = claim_run(
+        engine_of(env.session_factory),
+        run_id,
+        now=now,
+        lease_ms=int(env.settings.run_lease_s * 1000),
+        reservation=reservation,
+    )
+    if claimed is None:
+        logger.debug("run %s: nothing to claim (duplicate or late delivery)", run_id)
+        return None
+    if claimed.attempt == 1 and claimed.scheduled_for is not None:
+        metrics.record_lateness((now - claimed.scheduled_for).total_seconds())
+    failure = _cannot_start(claimed)
+    if failure is None:
         return claimed
+    # A claimed run that cannot start ends at once (a crash before this leaves it to its lease).
+    with env.session_factory.begin() as session:
+        _fail_now(session, env, claimed, *failure)
+    return None
+
+
+def _cannot_start(claimed: ClaimedRun) -> tuple[str, str] | None:
+    """(code, message) of why a claimed run must end without an attempt, if it must."""
+    if claimed.cancel_requested:
+        return "cancelled", "the task was cancelled"
+    if claimed.attempt > claimed.max_attempts:
+        return "worker_lost", "its worker stopped and no attempts were left"
+    if claimed.agent_type not in AGENT_TYPES:
+        return UnknownAgent.code, f"unknown agent type {claimed.agent_type!r}"
+    if not claimed.reserved:
+        return (
+            InsufficientCredits.code,
+            "less than 1 credit is left this month (credits used and held by running runs "
+            "reach the plan's allowance)",
+        )
+    return None
 
 
 def _hand_back(env: RunEnvironment, claimed: ClaimedRun) -> Dispatch | None:
@@ -235,8 +240,8 @@ def _attempt(env: RunEnvironment, claimed: ClaimedRun) -> Outcome:
         before_call=env.before_call,
         on_delta=(
             (
-                lambda call, piece: deltas.publish(
-                    claimed.run_id, journal.start_seqs.get(call.index), call, piece
+                lambda call: functools.partial(
+                    deltas.publish, claimed.run_id, journal.start_seqs.get(call.index), call
                 )
             )
             if deltas is not None

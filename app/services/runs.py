@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from app.db import execute_one
 from app.models import Task, TaskRun
 from app.models.enums import RunStatus, Trigger
 from app.services import concurrency, credits
@@ -163,27 +164,26 @@ _CLAIM = text(
 
 
 def claim_run(
-    session: Session, run_id: uuid.UUID, *, now: datetime, lease_ms: int, reservation: int
+    db: Session | Engine, run_id: uuid.UUID, *, now: datetime, lease_ms: int, reservation: int
 ) -> ClaimedRun | None:
     """Take the run for one attempt, or None when it is not ours to run (duplicate, late, done).
 
     On its first attempt the run also holds min(`reservation`, the credits left) credits, when
-    at least 1 is left; `ClaimedRun.reserved` is 0 when it could not.
+    at least 1 is left; `ClaimedRun.reserved` is 0 when it could not. Given an engine, the claim
+    is its own unit of work (`app.db.execute_one`: the worker claims once a delivery).
     """
-    row = session.execute(
-        _CLAIM,
-        {
-            "run_id": run_id,
-            "now": now,
-            "lease_ms": lease_ms,
-            "events_channel": RUN_EVENTS_CHANNEL,
-            "amount": reservation,
-            "period": credits.month_of(now),
-        },
-    ).first()
+    params = {
+        "run_id": run_id,
+        "now": now,
+        "lease_ms": lease_ms,
+        "events_channel": RUN_EVENTS_CHANNEL,
+        "amount": reservation,
+        "period": credits.month_of(now),
+    }
+    row = execute_one(db, _CLAIM, params) if isinstance(db, Engine) else db.execute(_CLAIM, params).first()
     if row is None:
         return None
-    return ClaimedRun(*row)  # type: ignore[arg-type]
+    return ClaimedRun(*row)
 
 
 _REQUEUE = text(
