@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeGuard
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import Clock
-from app.services.dispatch import Dispatch, actor_name, mark_sent, queue_name
+from app.services.dispatch import Dispatch, RecordedRuns, actor_name, mark_sent, queue_name
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ def send_dispatches(
 
     A message that fails to reach Redis is left unrecorded; the reconciler sends it later.
     """
+    if isinstance(dispatches, RecordedRuns):  # every id is on its row already
+        return send_messages(dispatches)
     sent = send_messages(dispatches)
     # A dispatch that came with its message id has it recorded on its run already.
     recorded = {d.run_id for d in dispatches if d.message_id is not None}
@@ -61,6 +63,17 @@ def send_messages(dispatches: Sequence[Dispatch]) -> list[tuple[uuid.UUID, str]]
     if not dispatches:
         return []
     broker = dramatiq.get_broker()
+    if isinstance(dispatches, RecordedRuns) and _can_script_enqueue(broker):
+        try:
+            _eval_enqueue(broker, dispatches.pairs_by_priority, current_millis())
+        except (RedisError, dramatiq.errors.BrokerError) as exc:
+            logger.error(
+                "could not reach Redis for %d run message(s): %s; the reconciler will resend",
+                len(dispatches),
+                exc,
+            )
+            return []
+        return dispatches.sent()
     sent: list[tuple[uuid.UUID, str]] = []
     for chunk in _chunks(dispatches, PIPELINE_BATCH):
         try:
@@ -141,24 +154,23 @@ def _pipeline_enqueue(
 # whole batch in one script call, the messages built in Redis from their ids: exactly the bytes
 # `Message.encode()` makes with the JSON encoder (`message_json` says which; a test compares).
 # KEYS: per queue, its list and its `.msgs` hash. ARGV: the timestamp (ms), then per queue its
-# name, actor name and count n, then n (message id, run id) pairs.
+# name, actor name and its messages as "run-id message-id" pairs, comma-separated (one argument,
+# so a batch costs the client a few arguments, not two a message).
 _ENQUEUE_BATCH = """
 local ts = ARGV[1]
-local pos, k = 2, 1
-while pos <= #ARGV do
-    local queue_name, actor_name, n = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
-    pos = pos + 3
+local k = 1
+for pos = 2, #ARGV, 3 do
+    local queue_name, actor_name, pairs = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2]
     local queue_key, msgs_key = KEYS[k], KEYS[k + 1]
     k = k + 2
-    local fields, ids = {}, {}
-    for i = 1, n do
-        local mid, run_id = ARGV[pos], ARGV[pos + 1]
-        pos = pos + 2
-        fields[#fields + 1] = mid
-        fields[#fields + 1] = '{"queue_name":"' .. queue_name .. '","actor_name":"' .. actor_name
-            .. '","args":["' .. run_id .. '"],"kwargs":{},"options":{"redis_message_id":"' .. mid
+    local head = '{"queue_name":"' .. queue_name .. '","actor_name":"' .. actor_name .. '","args":["'
+    local fields, ids, n = {}, {}, 0
+    for run_id, mid in string.gmatch(pairs, '([^ ,]+) ([^ ,]+)') do
+        n = n + 1
+        fields[2 * n - 1] = mid
+        fields[2 * n] = head .. run_id .. '"],"kwargs":{},"options":{"redis_message_id":"' .. mid
             .. '"},"message_id":"' .. mid .. '","message_timestamp":' .. ts .. '}'
-        ids[i] = mid
+        ids[n] = mid
     end
     for first = 1, n, 1000 do
         local last = math.min(first + 999, n)
@@ -180,7 +192,7 @@ def message_json(queue: str, actor: str, run_id: str, message_id: str, timestamp
     ).encode()
 
 
-def _can_script_enqueue(broker: Any) -> bool:
+def _can_script_enqueue(broker: Any) -> TypeGuard[RedisBroker]:
     from dramatiq.encoder import JSONEncoder
 
     return (
@@ -194,23 +206,28 @@ def _script_enqueue(
     broker: RedisBroker, dispatches: Sequence[Dispatch], now_ms: int
 ) -> list[tuple[uuid.UUID, str]]:
     """Undelayed messages of a batch in one script call; ids are plain strings (no JSON escaping
-    needed: run ids are UUIDs, message ids UUIDs or our own hex)."""
-    by_queue: dict[str, list[tuple[str, str]]] = {}
+    needed, and no space or comma: run ids are UUIDs, message ids UUIDs or our own hex)."""
+    by_priority: dict[str, list[str]] = {}
     sent: list[tuple[uuid.UUID, str]] = []
     for dispatch in dispatches:
         message_id = dispatch.message_id or str(uuid.uuid4())
-        by_queue.setdefault(dispatch.priority, []).append((message_id, str(dispatch.run_id)))
+        by_priority.setdefault(dispatch.priority, []).append(f"{dispatch.run_id} {message_id}")
         sent.append((dispatch.run_id, message_id))
+    _eval_enqueue(broker, {priority: ",".join(pairs) for priority, pairs in by_priority.items()}, now_ms)
+    return sent
+
+
+def _eval_enqueue(broker: RedisBroker, pairs_by_priority: Mapping[str, str], now_ms: int) -> None:
     keys: list[str] = []
     args: list[str | int] = [now_ms]
-    for priority, pairs in by_queue.items():
+    for priority, pairs in pairs_by_priority.items():
+        if not pairs:
+            continue
         queue = queue_name(priority)
         keys += [f"{broker.namespace}:{queue}", f"{broker.namespace}:{queue}.msgs"]
-        args += [queue, actor_name(priority), len(pairs)]
-        for message_id, run_id in pairs:
-            args += [message_id, run_id]
-    broker.client.eval(_ENQUEUE_BATCH, len(keys), *keys, *args)
-    return sent
+        args += [queue, actor_name(priority), pairs]
+    if keys:
+        broker.client.eval(_ENQUEUE_BATCH, len(keys), *keys, *args)
 
 
 def _has_enqueue_hooks(broker: RedisBroker) -> bool:

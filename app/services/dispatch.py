@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import overload
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -39,6 +40,50 @@ class Dispatch:
     delay_ms: int = 0
     #: Chosen before the send when the run row already records it (see `tasks.create_task`).
     message_id: str | None = None
+
+
+class RecordedRuns(Sequence[Dispatch]):
+    """Undelayed dispatches of queued runs whose rows already record their message ids, held as
+    the scheduling pass's statement answers them: per priority, "run-id message-id" pairs,
+    comma-separated. `actors.sending` gives that text to Redis as it is, so a burst costs no
+    Python object per run; to anything else this is an ordinary sequence, built when first read.
+    """
+
+    def __init__(self, pairs_by_priority: Mapping[str, str], count: int) -> None:
+        self.pairs_by_priority = pairs_by_priority
+        self._count = count
+        self._built: list[Dispatch] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> Dispatch: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Dispatch]: ...
+    def __getitem__(self, index: int | slice) -> Dispatch | Sequence[Dispatch]:
+        return self._dispatches()[index]
+
+    def __iter__(self) -> Iterator[Dispatch]:
+        return iter(self._dispatches())
+
+    def sent(self) -> list[tuple[uuid.UUID, str]]:
+        """(run id, message id) of each run, as a sender reports what it sent."""
+        return [(uuid.UUID(run_id), message_id) for run_id, message_id, _ in self._pairs()]
+
+    def _pairs(self) -> Iterator[tuple[str, str, str]]:
+        for priority, pairs in self.pairs_by_priority.items():
+            for pair in pairs.split(","):
+                run_id, message_id = pair.split(" ")
+                yield run_id, message_id, priority
+
+    def _dispatches(self) -> list[Dispatch]:
+        if self._built is None:
+            self._built = [
+                Dispatch(uuid.UUID(run_id), priority, message_id=message_id)
+                for run_id, message_id, priority in self._pairs()
+            ]
+        return self._built
 
 
 _MARK_SENT = text(

@@ -40,7 +40,7 @@ from app import metrics
 from app.cron import CronSchedule, latest_fire_at_or_before, next_fire, parse_schedule
 from app.errors import InvalidInput
 from app.models.enums import RunStatus
-from app.services.dispatch import Dispatch
+from app.services.dispatch import Dispatch, RecordedRuns
 from app.services.stats import record_missed_slots
 from app.services.task_input import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_MS
 from app.webhooks.outbox import insert_deliveries_sql, stash_row
@@ -84,20 +84,25 @@ _CLAIM_DUE = text(
     """
 )
 
-# One statement per batch. `pairs`: each claimed task with its group's slot and next fire (ids
-# and group numbers as comma-separated text, which the planner counts exactly). `advanced`
+# One statement per batch. `pairs`: each claimed task with its group's slot and next fire (ids,
+# group numbers and times as comma-separated text, which the planner counts exactly and which
+# costs Python one string each instead of one adapted value per element). `advanced`
 # moves `next_run_at` and returns what the run copies from the task, so tasks is read once.
 # `due`: the overlap test, one probe of ix_task_runs_active_task_id per task; as a LATERAL with
 # LIMIT it cannot become a hashed subplan, which statistics from an empty task_runs (a herd's
 # first batches) made the planner prefer: every queued run read again for each batch. Then the
-# run rows, with (task, slot) deduplication, and the webhook deliveries of skipped runs.
+# run rows, with (task, slot) deduplication, and the webhook deliveries of skipped runs. The
+# answer is a few rows (by status and priority) whatever the batch size.
 _CREATE_RUNS = text(
     f"""
-    WITH pairs AS (
+    WITH fires AS MATERIALIZED (  -- the times parsed once, not once a row
+        SELECT CAST(string_to_array(:slots, ',') AS timestamptz[]) AS slots,
+               CAST(string_to_array(:next_run_ats, ',') AS timestamptz[]) AS next_run_ats
+    ), pairs AS (
         SELECT CAST(u.task_id AS uuid) AS task_id,
-               (CAST(:slots AS timestamptz[]))[CAST(u.grp AS int)] AS slot,
-               (CAST(:next_run_ats AS timestamptz[]))[CAST(u.grp AS int)] AS next_run_at
-          FROM unnest(string_to_array(:task_ids, ','), string_to_array(:groups, ',')) AS u(task_id, grp)
+               f.slots[CAST(u.grp AS int)] AS slot, f.next_run_ats[CAST(u.grp AS int)] AS next_run_at
+          FROM fires AS f,
+               unnest(string_to_array(:task_ids, ','), string_to_array(:groups, ',')) AS u(task_id, grp)
     ), advanced AS (
         UPDATE tasks AS t
            SET next_run_at = p.next_run_at, updated_at = :now
@@ -133,14 +138,17 @@ _CREATE_RUNS = text(
         -- a skipped run is an ended run: its webhook delivery is written with it
         {insert_deliveries_sql("(SELECT * FROM created WHERE status = 'skipped')", "'run.skipped'")}
     )
-    SELECT c.id, c.priority, c.status, w.id AS delivery_id, w.message_id AS delivery_message_id,
-           c.message_id AS run_message_id
+    SELECT c.status, c.priority, count(*),
+           string_agg(CAST(c.id AS text) || ' ' || c.message_id, ',') FILTER (WHERE c.status = 'queued'),
+           string_agg(CAST(w.id AS text) || ' ' || w.message_id, ',') FILTER (WHERE w.id IS NOT NULL)
       FROM created AS c LEFT JOIN webhook AS w ON w.run_id = c.id
+     GROUP BY c.status, c.priority
     """
 )
 
-#: (run id, priority, status, webhook delivery id, its message id, the run's message id)
-_CreatedRow = tuple[uuid.UUID, str, str, uuid.UUID | None, str | None, str | None]
+#: (status, priority, runs, "run-id message-id" pairs of queued runs comma-separated, and the
+#: same of the webhook deliveries of skipped runs)
+_CreatedGroup = tuple[str, str, int, str | None, str | None]
 #: (cron, timezone, next_run_at, the group's task ids comma-separated, how many)
 _ClaimedGroup = tuple[str, str, datetime, str, int]
 
@@ -179,31 +187,42 @@ class PassResult:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Fire:
+    """What a pass does with the tasks of one (cron, timezone, next_run_at)."""
+
+    slot: datetime
+    #: Older slots missed since `next_run_at` (after downtime).
+    missed: int
+    following: datetime
+    #: `slot` and `following` as the batch statement takes them.
+    slot_text: str
+    following_text: str
+
+
 class _FireTimes:
     """Per-pass memo of the cron searches, keyed by what the answer depends on."""
 
     def __init__(self, now: datetime) -> None:
         self.now = now
-        self._slots: dict[tuple[str, str, datetime], tuple[datetime, int]] = {}
+        self._fires: dict[tuple[str, str, datetime], _Fire] = {}
         self._next: dict[tuple[str, str], datetime] = {}
 
-    def slot(self, cron: str, timezone: str, due_since: datetime) -> tuple[datetime, int]:
-        """The slot to run and how many older slots were missed since `due_since`."""
+    def fire(self, cron: str, timezone: str, due_since: datetime) -> _Fire:
+        """The slot to run, the older slots missed since `due_since`, the next fire after now."""
         key = (cron, timezone, due_since)
-        found = self._slots.get(key)
+        found = self._fires.get(key)
         if found is None:
             schedule = parse_schedule(cron, timezone)
             latest = latest_fire_at_or_before(schedule, self.now, due_since)
             # None: made due by hand between two fire times; the slot is when it was made due.
-            found = (due_since, 0) if latest is None else (latest, _count_fires(schedule, due_since, latest))
-            self._slots[key] = found
-        return found
-
-    def next_after_now(self, cron: str, timezone: str) -> datetime:
-        key = (cron, timezone)
-        found = self._next.get(key)
-        if found is None:
-            found = self._next[key] = next_fire(parse_schedule(cron, timezone), self.now)
+            slot, missed = (
+                (due_since, 0) if latest is None else (latest, _count_fires(schedule, due_since, latest))
+            )
+            following = self._next.get(key[:2])
+            if following is None:
+                following = self._next[key[:2]] = next_fire(schedule, self.now)
+            found = self._fires[key] = _Fire(slot, missed, following, slot.isoformat(), following.isoformat())
         return found
 
 
@@ -310,53 +329,54 @@ class _Sender:
 
 def _process_batch(
     session: Session, fire_times: _FireTimes, batch_size: int
-) -> tuple[PassResult, list[Dispatch]]:
+) -> tuple[PassResult, RecordedRuns]:
     now = fire_times.now
     groups: Sequence[_ClaimedGroup] = session.execute(_CLAIM_DUE, {"now": now, "limit": batch_size}).all()
-    if not groups:
-        return PassResult(), []
     id_lists: list[str] = []
     group_numbers: list[str] = []
-    slots: list[datetime] = []
-    next_run_ats: list[datetime] = []
+    slots: list[str] = []
+    next_run_ats: list[str] = []
     claimed = missed = 0
     for cron, timezone, due_since, ids, count in groups:
         claimed += count
         try:
-            slot, missed_here = fire_times.slot(cron, timezone, due_since)
-            following = fire_times.next_after_now(cron, timezone)
+            fire = fire_times.fire(cron, timezone, due_since)
         except (InvalidInput, TypeError, ValueError) as exc:
             for task_id in ids.split(","):
                 _stop_broken_schedule(session, uuid.UUID(task_id), cron, timezone, exc, now)
             continue
-        slots.append(slot)
-        next_run_ats.append(following)
+        slots.append(fire.slot_text)
+        next_run_ats.append(fire.following_text)
         id_lists.append(ids)
         group_numbers.append(",".join([str(len(slots))] * count))  # arrays count from 1
-        missed += missed_here * count
-    queued: list[Dispatch] = []
-    skipped = 0
-    if id_lists:
-        created: Sequence[_CreatedRow] = session.execute(
-            _CREATE_RUNS,
-            {
-                "task_ids": ",".join(id_lists),
-                "groups": ",".join(group_numbers),
-                "slots": slots,
-                "next_run_ats": next_run_ats,
-                "now": now,
-                "overlap": json.dumps(OVERLAP_ERROR),
-                "default_retries": DEFAULT_MAX_RETRIES,
-                "default_timeout_ms": DEFAULT_TIMEOUT_MS,
-            },
-        ).all()
-        for run_id, priority, status, delivery_id, delivery_message_id, message_id in created:
-            if status == RunStatus.QUEUED.value:
-                queued.append(Dispatch(run_id, priority, message_id=message_id))
-            else:
-                skipped += 1
-                stash_row(session, delivery_id, delivery_message_id)
-    return PassResult(len(queued), skipped, claimed, missed), queued
+        missed += fire.missed * count
+    if not id_lists:
+        return PassResult(0, 0, claimed, missed), RecordedRuns({}, 0)
+    created: Sequence[_CreatedGroup] = session.execute(
+        _CREATE_RUNS,
+        {
+            "task_ids": ",".join(id_lists),
+            "groups": ",".join(group_numbers),
+            "slots": ",".join(slots),
+            "next_run_ats": ",".join(next_run_ats),
+            "now": now,
+            "overlap": json.dumps(OVERLAP_ERROR),
+            "default_retries": DEFAULT_MAX_RETRIES,
+            "default_timeout_ms": DEFAULT_TIMEOUT_MS,
+        },
+    ).all()
+    queued: dict[str, str] = {}
+    queued_count = skipped = 0
+    for status, priority, count, runs, deliveries in created:
+        if status == RunStatus.QUEUED.value:
+            queued[priority] = runs or ""
+            queued_count += count
+            continue
+        skipped += count
+        for pair in deliveries.split(",") if deliveries else ():
+            delivery_id, delivery_message_id = pair.split(" ")
+            stash_row(session, uuid.UUID(delivery_id), delivery_message_id)
+    return PassResult(queued_count, skipped, claimed, missed), RecordedRuns(queued, queued_count)
 
 
 def _stop_broken_schedule(
