@@ -6,6 +6,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+from psycopg.pq import ExecStatus
 from sqlalchemy import Engine, MetaData, TextClause, create_engine
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
@@ -20,6 +21,9 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 
 class Base(DeclarativeBase):
@@ -44,6 +48,8 @@ def make_engine(
     """
     if autocommit:
         kwargs["isolation_level"] = "AUTOCOMMIT"
+        # No transaction is ever open on such a connection: nothing to roll back at check-in.
+        kwargs.setdefault("pool_reset_on_return", None)
     return create_engine(
         settings.database_url,
         pool_size=pool_size,
@@ -88,7 +94,9 @@ def execute_one(engine: Engine, statement: TextClause, params: Mapping[str, Any]
     try:
         with driver.cursor() as cursor:
             cursor.execute(sql, params)
-            row = cursor.fetchone() if cursor.description is not None else None
+            # (not `cursor.description`: it builds every column's description each time)
+            result = cursor.pgresult
+            row = cursor.fetchone() if result is not None and result.status == TUPLES_OK else None
         if not driver.autocommit:
             driver.commit()
         return tuple(row) if row is not None else None
