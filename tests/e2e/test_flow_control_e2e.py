@@ -12,11 +12,46 @@ from sqlalchemy import text
 
 from app.services import concurrency
 from tests.e2e.conftest import Spawn, wait_until
-from tests.support.openai_stub import OpenAIStub
+from tests.support.openai_stub import OpenAIStub, most_within
 
 pytestmark = pytest.mark.e2e
 
 RUN = {"goal": "Summarise the week", "agentType": "writer_agent", "async": True}
+
+
+def queue_runs(api: httpx.Client, account, count: int) -> list[uuid.UUID]:
+    return [
+        uuid.UUID(api.post("/api/agent/execute", json=RUN, headers=account.headers).json()["runId"])
+        for _ in range(count)
+    ]
+
+
+def stub_env(stub: OpenAIStub, **more: str) -> dict[str, str]:
+    return {"LLM_PROVIDER": "openai", "LLM_BASE_URL": stub.base_url, "LLM_API_KEY": "x", **more}
+
+
+def start_two_workers(spawn: Spawn, env: dict[str, str], threads: int):
+    return spawn("worker", "-m", "dramatiq", "actors", "--processes", "2", "--threads", str(threads), env=env)
+
+
+def wait_for_completed(session_factory, run_ids: list[uuid.UUID], worker, timeout_s: float) -> None:
+    """Until every run is completed, read in Postgres (polling the API would meet its rate limit)."""
+
+    def all_done() -> bool:
+        assert worker.popen.poll() is None, worker.log()[-4000:]
+        with session_factory() as session:
+            finished = session.scalar(
+                text("SELECT count(*) FROM task_runs WHERE id = ANY(:ids) AND status = 'completed'"),
+                {"ids": run_ids},
+            )
+        return finished == len(run_ids)
+
+    wait_until(
+        all_done,
+        timeout_s=timeout_s,
+        what=f"all {len(run_ids)} runs completing",
+        logs=lambda: worker.log()[-4000:],
+    )
 
 
 def test_a_limit_of_2_holds_across_two_worker_processes_of_16_threads(
@@ -25,14 +60,12 @@ def test_a_limit_of_2_holds_across_two_worker_processes_of_16_threads(
     account = make_account()
     with session_factory.begin() as session:
         concurrency.set_limit(session, account.user_id, 50)
-    run_ids = [
-        api.post("/api/agent/execute", json=RUN, headers=account.headers).json()["runId"] for _ in range(50)
-    ]
+    run_ids = queue_runs(api, account, 50)
     with session_factory.begin() as session:  # every message is in Redis: 32 threads race for them
         concurrency.set_limit(session, account.user_id, 2)
     with OpenAIStub() as stub:
         stub.delay(0.03)
-        env = {"LLM_PROVIDER": "openai", "LLM_BASE_URL": stub.base_url, "LLM_API_KEY": "x"}
+        env = stub_env(stub)
         peak, stop = [0], threading.Event()
 
         def sample() -> None:
@@ -47,21 +80,10 @@ def test_a_limit_of_2_holds_across_two_worker_processes_of_16_threads(
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        worker = spawn("worker", "-m", "dramatiq", "actors", "--processes", "2", "--threads", "16", env=env)
-
-        def all_done() -> bool:
-            assert worker.popen.poll() is None, worker.log()[-4000:]
-            with session_factory() as session:
-                finished = session.scalar(
-                    text("SELECT count(*) FROM task_runs WHERE id = ANY(:ids) AND status = 'completed'"),
-                    {"ids": [uuid.UUID(r) for r in run_ids]},
-                )
-            return finished == len(run_ids)
+        worker = start_two_workers(spawn, env, threads=16)
 
         try:
-            wait_until(
-                all_done, timeout_s=240, what="all 50 runs completing", logs=lambda: worker.log()[-4000:]
-            )
+            wait_for_completed(session_factory, run_ids, worker, timeout_s=240)
         finally:
             stop.set()
             sampler.join(5)
@@ -69,7 +91,7 @@ def test_a_limit_of_2_holds_across_two_worker_processes_of_16_threads(
     with session_factory() as session:
         attempts = session.scalar(
             text("SELECT max(attempts) FROM task_runs WHERE id = ANY(:ids)"),
-            {"ids": [uuid.UUID(r) for r in run_ids]},
+            {"ids": run_ids},
         )
     assert attempts == 1
 
@@ -78,32 +100,15 @@ def test_two_worker_processes_share_one_llm_rpm_budget(
     api: httpx.Client, spawn: Spawn, make_account, session_factory
 ):
     account = make_account(plan="enterprise")
-    run_ids = [
-        api.post("/api/agent/execute", json=RUN, headers=account.headers).json()["runId"] for _ in range(10)
-    ]
+    run_ids = queue_runs(api, account, 10)
     with OpenAIStub() as stub:
-        env = {"LLM_PROVIDER": "openai", "LLM_BASE_URL": stub.base_url, "LLM_API_KEY": "x", "LLM_RPM": "300"}
-        worker = spawn("worker", "-m", "dramatiq", "actors", "--processes", "2", "--threads", "4", env=env)
-
-        def all_done() -> bool:  # read in Postgres: polling the API would meet its rate limit
-            assert worker.popen.poll() is None, worker.log()[-4000:]
-            with session_factory() as session:
-                finished = session.scalar(
-                    text("SELECT count(*) FROM task_runs WHERE id = ANY(:ids) AND status = 'completed'"),
-                    {"ids": [uuid.UUID(r) for r in run_ids]},
-                )
-            return finished == len(run_ids)
-
-        wait_until(all_done, timeout_s=180, what="the runs completing", logs=lambda: worker.log()[-4000:])
+        env = stub_env(stub, LLM_RPM="300")
+        worker = start_two_workers(spawn, env, threads=4)
+        wait_for_completed(session_factory, run_ids, worker, timeout_s=180)
         times = sorted(stub.request_times)
     assert len(times) == 40
     # 300 a minute is 5 a second, the bucket holds 2.5: never faster, whatever the load.
-    best, start = 0, 0
-    for end in range(len(times)):
-        while times[end] - times[start] >= 4.0:
-            start += 1
-        best = max(best, end - start + 1)
-    assert best <= 4 * 5 + 3
+    assert most_within(times, 4.0) <= 4 * 5 + 3
     assert times[-1] - times[0] >= (40 - 3) / 5
 
 
@@ -111,38 +116,16 @@ def test_two_worker_processes_share_one_llm_tpm_budget(
     api: httpx.Client, spawn: Spawn, make_account, session_factory
 ):
     account = make_account(plan="enterprise")
-    run_ids = [
-        api.post("/api/agent/execute", json=RUN, headers=account.headers).json()["runId"] for _ in range(8)
-    ]
+    run_ids = queue_runs(api, account, 8)
     with OpenAIStub() as stub:
         stub.reply_with(prompt_tokens=400, completion_tokens=400)  # 800 tokens a call, as reported
         tpm = 96_000  # 1,600 tokens a second: two calls a second at most
-        env = {
-            "LLM_PROVIDER": "openai",
-            "LLM_BASE_URL": stub.base_url,
-            "LLM_API_KEY": "x",
-            "LLM_TPM": str(tpm),
-        }
-        worker = spawn("worker", "-m", "dramatiq", "actors", "--processes", "2", "--threads", "4", env=env)
-
-        def all_done() -> bool:
-            assert worker.popen.poll() is None, worker.log()[-4000:]
-            with session_factory() as session:
-                finished = session.scalar(
-                    text("SELECT count(*) FROM task_runs WHERE id = ANY(:ids) AND status = 'completed'"),
-                    {"ids": [uuid.UUID(r) for r in run_ids]},
-                )
-            return finished == len(run_ids)
-
-        wait_until(all_done, timeout_s=180, what="the runs completing", logs=lambda: worker.log()[-4000:])
+        env = stub_env(stub, LLM_TPM=str(tpm))
+        worker = start_two_workers(spawn, env, threads=4)
+        wait_for_completed(session_factory, run_ids, worker, timeout_s=180)
         times = sorted(stub.request_times)
     assert len(times) == 32
     # Tokens the stub reported in any 4 s window: at most 4 s of budget plus the bucket (0.5 s)
     # plus one call's worth charged ahead (max_tokens up front, corrected after).
-    best, start = 0, 0
-    for end in range(len(times)):
-        while times[end] - times[start] >= 4.0:
-            start += 1
-        best = max(best, end - start + 1)
-    assert best * 800 <= 4 * tpm / 60 + tpm / 120 + 2 * 1024
+    assert most_within(times, 4.0) * 800 <= 4 * tpm / 60 + tpm / 120 + 2 * 1024
     assert times[-1] - times[0] >= (32 * 800 - tpm / 120 - 2 * 1024) / (tpm / 60)

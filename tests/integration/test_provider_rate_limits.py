@@ -19,7 +19,7 @@ from app.providers.base import ChatMessage, Completion
 from app.providers.openai import OpenAIProvider
 from app.providers.ratelimit import ProviderBudget, RateLimitedProvider, WaitBoard, track_call
 from tests.integration.conftest import wait_for_runs
-from tests.support.openai_stub import OpenAIStub
+from tests.support.openai_stub import OpenAIStub, most_within
 
 
 @pytest.fixture
@@ -135,15 +135,6 @@ def test_a_429_longer_than_the_deadline_ends_the_attempt_at_once(
     assert time.monotonic() - started < 60  # not the 120 s the provider asked for
 
 
-def _max_in_window(times: Sequence[float], window_s: float) -> int:
-    best, start = 0, 0
-    for end in range(len(times)):
-        while times[end] - times[start] >= window_s:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 def test_the_rpm_budget_holds_for_two_workers_together(
     client, make_account, start_worker, session_factory, settings, stub
 ):
@@ -159,7 +150,7 @@ def test_the_rpm_budget_holds_for_two_workers_together(
     times = sorted(stub.request_times)
     assert len(times) == 48
     # Never faster than the budget (a busy machine only makes it slower): 10/s plus the burst.
-    assert _max_in_window(times, 2.0) <= 2 * 10 + 5 + 1
+    assert most_within(times, 2.0) <= 2 * 10 + 5 + 1
     assert times[-1] - times[0] >= (48 - 6) / 10
     for redis_connection in clients:
         redis_connection.close()

@@ -22,6 +22,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -296,6 +297,16 @@ class OpenAIStub:
                 send_stream(handler, body, answer, (*tokens, cached), self.streaming)
             else:
                 _send(handler, 200, json.dumps(_completion(body, answer, *tokens, cached)).encode())
+
+
+def most_within(times: Sequence[float], window_s: float) -> int:
+    """The most of `times` (sorted, e.g. a stub's `request_times`) within any `window_s` seconds."""
+    best, start = 0, 0
+    for end in range(len(times)):
+        while times[end] - times[start] >= window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 class _Server(ThreadingHTTPServer):
