@@ -104,3 +104,15 @@ def test_every_process_stops_at_start_with_a_message_naming_the_variable(tmp_pat
     assert done.returncode != 0
     assert "DEFAULT_TIMEZONE" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_readme_documents_every_setting():
+    """CONTRACT.md lists only some variables; the README's configuration section names them all."""
+    from pathlib import Path
+
+    from app.settings import Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Configuration", 1)[1].split("\n## ", 1)[0]
+    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in section]
+    assert missing == []
