@@ -23,7 +23,7 @@ from litestar.types import Guard
 from pydantic import SecretStr
 
 from api.schemas.openapi import API_KEY_SECURITY, CRON_SECURITY
-from api.state import ApiState
+from api.state import state_of
 from app.errors import NotAuthenticated
 from app.services.accounts import hash_api_key
 from app.services.keys import verify_key
@@ -41,7 +41,7 @@ def bearer_token(request: Connection) -> str:
 
 def current_user_id(request: Connection) -> uuid.UUID:
     """The caller's user id (in a worker thread: it may ask Postgres)."""
-    state: ApiState = request.app.state.api
+    state = state_of(request)
     token = bearer_token(request)
     key_hash = hash_api_key(token)
     user_id = state.keys.get(key_hash)
@@ -75,7 +75,7 @@ def authenticated_user_id(request: Request[Any, Any, State]) -> uuid.UUID:
 
 def require_cron_secret(request: Connection, _: BaseRouteHandler) -> None:
     """Guard: CRON_SECRET in constant time; with no secret configured, always 401 (never open)."""
-    state: ApiState = request.app.state.api
+    state = state_of(request)
     accepted = cron_secrets(state.settings.cron_secret)
     token = bearer_token(request).encode()
     if not accepted:

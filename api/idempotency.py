@@ -12,7 +12,7 @@ from litestar import Request, Response
 from litestar.datastructures import State
 from litestar.params import HeaderParameter
 
-from api.state import ApiState
+from api.state import ApiState, state_of
 from app.errors import RunNotSent
 from app.services import idempotency
 from app.services.idempotency import StoredAnswer
@@ -51,7 +51,7 @@ async def idempotent(
     if raw is None:
         return await answer()
     key = idempotency.check_key(raw)
-    state: ApiState = request.app.state.api
+    state = state_of(request)
     print_ = idempotency.fingerprint(request.method, request.url.path, await request.body())
     deadline = time.monotonic() + MAX_WAIT_S
 

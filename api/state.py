@@ -7,7 +7,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from litestar.connection import ASGIConnection
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import SYSTEM_CLOCK, Clock
@@ -73,6 +75,12 @@ class ApiState:
     keys: ApiKeyCache = field(default_factory=ApiKeyCache)
     #: Live run events, fanned out from the waiter's listener and one Redis subscription.
     feed: RunFeed = field(default=None)  # type: ignore[assignment]
+
+
+def state_of(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiState:
+    """The process's `ApiState` (`create_app` keeps it as `app.state.api`)."""
+    state: ApiState = connection.app.state.api
+    return state
 
 
 def ensure_sent(dispatches: Sequence[Dispatch], sent: Sent, task_id: uuid.UUID, status: str) -> None:

@@ -13,8 +13,8 @@ from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from api.dashboard.render import page
-from api.dashboard.web import BASE_PATH, expired_session_cookie, signed_in, state_of
-from api.state import ApiState
+from api.dashboard.web import BASE_PATH, expired_session_cookie, signed_in
+from api.state import ApiState, state_of
 from app.errors import InvalidInput
 from app.services import dashboard, dashboard_sessions, keys
 from app.services.credits import used_this_month

@@ -15,8 +15,8 @@ from litestar.response import Template
 
 from api.dashboard.charts import lateness_bars, stacked_bars
 from api.dashboard.render import is_fragment_request, page
-from api.dashboard.web import BASE_PATH, admin, parse_uuid, state_of
-from api.state import ApiState
+from api.dashboard.web import BASE_PATH, admin, parse_uuid
+from api.state import ApiState, state_of
 from app.services import dashboard, run_control
 from app.services.dashboard_sessions import SignedIn
 from app.services.stats import queue_stats

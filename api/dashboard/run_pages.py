@@ -16,8 +16,8 @@ from litestar.response.sse import ServerSentEventMessage
 from markupsafe import escape
 
 from api.dashboard.render import is_fragment_request, page
-from api.dashboard.web import BASE_PATH, signed_in, state_of
-from api.state import ApiState
+from api.dashboard.web import BASE_PATH, signed_in
+from api.state import ApiState, state_of
 from app.services import dashboard, run_control, tasks
 from app.services.dashboard_sessions import SignedIn
 from app.services.run_steps import steps_after

@@ -11,7 +11,8 @@ from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 
 from api.dashboard.render import page
-from api.dashboard.web import BASE_PATH, SESSION_COOKIE, expired_session_cookie, session_cookie, state_of
+from api.dashboard.web import BASE_PATH, SESSION_COOKIE, expired_session_cookie, session_cookie
+from api.state import state_of
 from app.errors import NotAuthenticated
 from app.services import dashboard_sessions
 

@@ -16,8 +16,8 @@ from litestar.response import Redirect, Template
 from sqlalchemy.orm import Session
 
 from api.dashboard.render import is_fragment_request, page
-from api.dashboard.web import BASE_PATH, signed_in, state_of
-from api.state import ApiState
+from api.dashboard.web import BASE_PATH, signed_in
+from api.state import ApiState, state_of
 from app.errors import InvalidInput
 from app.services import dashboard, task_control
 from app.services.dashboard_sessions import SignedIn

@@ -17,7 +17,7 @@ from litestar.datastructures import Cookie, MutableScopeHeaders, State
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.state import ApiState
+from api.state import state_of
 from app.errors import AppError
 from app.services import dashboard_sessions
 from app.services.dashboard_sessions import SESSION_TTL, SignedIn
@@ -113,10 +113,6 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-def state_of(request: Request[Any, Any, State]) -> ApiState:
-    return request.app.state.api  # type: ignore[no-any-return]
 
 
 def session_cookie(token: str) -> Cookie:

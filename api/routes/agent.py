@@ -18,7 +18,7 @@ from api.schemas.openapi import answer, errors
 from api.schemas.requests import ExecuteBody
 from api.schemas.responses import FinishedRun, QueuedRun, ScheduledTask
 from api.schemas.views import run_view, schedule_view
-from api.state import ApiState, ensure_sent
+from api.state import ApiState, ensure_sent, state_of
 from app.services.task_input import ExecuteRequest, parse_execute_request
 from app.services.tasks import CreatedTask, create_task, get_run, is_finished
 from app.wire import iso
@@ -61,7 +61,7 @@ async def execute(
 
 
 async def _execute(request: Request[Any, Any, State], user_id: uuid.UUID, data: ExecuteBody) -> Response[Any]:
-    state: ApiState = request.app.state.api
+    state = state_of(request)
     payload = data.to_payload()
     parse = functools.partial(
         parse_execute_request,

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from api.schemas.openapi import answer
 from api.schemas.responses import Health
-from api.state import ApiState
+from api.state import ApiState, state_of
 
 
 def _check_database(state: ApiState) -> str:
@@ -40,7 +40,7 @@ def _check_redis() -> str:
 )
 def health(request: Request[Any, Any, State]) -> Response[Health]:
     """200 when Postgres and Redis both answer, else 503."""
-    state: ApiState = request.app.state.api
+    state = state_of(request)
     database, redis = _check_database(state), _check_redis()
     healthy = database == "ok" and redis == "ok"
     return Response(

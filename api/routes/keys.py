@@ -14,12 +14,8 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from api.auth import USER_AUTH
 from api.schemas.keys import CreatedKey, CreateKeyBody, KeyList, KeyView, created_key, key_view
 from api.schemas.openapi import errors
-from api.state import ApiState
+from api.state import state_of
 from app.services import keys
-
-
-def _state(request: Request[Any, Any, State]) -> ApiState:
-    return request.app.state.api  # type: ignore[no-any-return]
 
 
 @get(
@@ -31,7 +27,7 @@ def _state(request: Request[Any, Any, State]) -> ApiState:
 )
 def list_keys(request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID]) -> KeyList:
     """The caller's keys, revoked ones too, newest first; never a key itself."""
-    with _state(request).session_factory() as session:
+    with state_of(request).session_factory() as session:
         return KeyList(items=[key_view(key) for key in keys.list_keys(session, user_id)])
 
 
@@ -47,7 +43,7 @@ def create_key(
     request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], data: JSONBody[CreateKeyBody]
 ) -> CreatedKey:
     """Issue a key for the caller. The answer holds the key (`key`); it is never shown again."""
-    with _state(request).session_factory.begin() as session:
+    with state_of(request).session_factory.begin() as session:
         issued = keys.issue_key(session, user_id, data.name)
         return created_key(issued.record, issued.secret)
 
@@ -64,7 +60,7 @@ def revoke_key(
     request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], key_id: FromPath[uuid.UUID]
 ) -> KeyView:
     """Revoke one of the caller's keys: at once on this API process, within 10 s on every other."""
-    state = _state(request)
+    state = state_of(request)
     with state.session_factory.begin() as session:
         key = keys.revoke_key(session, key_id, user_id=user_id, now=state.clock.now())
         view = key_view(key)

@@ -11,14 +11,14 @@ import dramatiq
 from litestar import Request, Response, get
 from litestar.datastructures import State
 
-from api.state import ApiState
+from api.state import state_of
 from app.metrics_exposition import CONTENT_TYPE_LATEST, render_metrics
 from app.services.stats import queue_stats
 
 
 @get("/metrics", sync_to_thread=True, include_in_schema=False)
 def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
-    state: ApiState = request.app.state.api
+    state = state_of(request)
     redis_client = dramatiq.get_broker().client  # type: ignore[attr-defined]
     now = state.clock.now()
     with state.session_factory() as session:

@@ -11,14 +11,10 @@ from litestar.datastructures import State
 from api.auth import CRON_AUTH
 from api.schemas.openapi import errors
 from api.schemas.responses import QueueStats, SchedulingHealth, SchedulingPass
-from api.state import ApiState
+from api.state import state_of
 from app.services.scheduling import run_scheduling_pass, scheduling_health
 from app.services.stats import queue_stats
 from app.wire import iso
-
-
-def _state(request: Request[Any, Any, State]) -> ApiState:
-    return request.app.state.api  # type: ignore[no-any-return]
 
 
 @get(
@@ -29,7 +25,7 @@ def _state(request: Request[Any, Any, State]) -> ApiState:
 )
 def scheduling_status(request: Request[Any, Any, State]) -> SchedulingHealth:
     """Scheduling health: how many tasks are scheduled and how many are due now."""
-    state = _state(request)
+    state = state_of(request)
     with state.session_factory() as session:
         return cast(SchedulingHealth, scheduling_health(session, state.clock.now()))
 
@@ -43,7 +39,7 @@ def scheduling_status(request: Request[Any, Any, State]) -> SchedulingHealth:
 )
 def check_scheduled_tasks(request: Request[Any, Any, State]) -> Response[SchedulingPass]:
     """Run one scheduling pass now (for an external cron service)."""
-    state = _state(request)
+    state = state_of(request)
     now = state.clock.now()
     result = run_scheduling_pass(
         state.session_factory,
@@ -70,7 +66,7 @@ def check_scheduled_tasks(request: Request[Any, Any, State]) -> Response[Schedul
 )
 def stats(request: Request[Any, Any, State]) -> QueueStats:
     """Queue and orchestrator figures."""
-    state = _state(request)
+    state = state_of(request)
     with state.session_factory() as session:
         redis_client = dramatiq.get_broker().client  # type: ignore[attr-defined]
         return cast(QueueStats, dict(queue_stats(redis_client, session, state.clock.now())))

@@ -14,7 +14,7 @@ from api.auth import USER_AUTH
 from api.schemas.openapi import errors
 from api.schemas.params import PARAM_DECODERS, AfterParam, CronParam, TimezoneParam
 from api.schemas.responses import SchedulePreview
-from api.state import ApiState
+from api.state import state_of
 from app.cron import known_timezones, parse_schedule
 from app.services.schedules import (
     PREVIEW_AFTER_YEAR_PATTERN,
@@ -71,7 +71,7 @@ async def preview(
     after: After = None,
 ) -> SchedulePreview:
     """The next `count` (1..100) fire times after `after` (default now), in UTC."""
-    state: ApiState = request.app.state.api
+    state = state_of(request)
     schedule = parse_schedule(cron.strip(), timezone or state.settings.default_timezone)
     start = parse_preview_after(after) if after is not None else state.clock.now()
     return {

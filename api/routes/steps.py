@@ -19,7 +19,7 @@ from api.auth import USER_AUTH
 from api.schemas.openapi import errors
 from api.schemas.steps import StepsPage, step_view
 from api.schemas.views import run_view
-from api.state import ApiState
+from api.state import state_of
 from app.services import tasks
 from app.services.run_steps import list_steps, steps_after, watch_run
 from app.services.run_stream import RunEvent, Snapshot, parse_event_id, run_events
@@ -34,10 +34,6 @@ LastEventId = Annotated[
 ]
 
 
-def _state(request: Request[Any, Any, State]) -> ApiState:
-    return request.app.state.api  # type: ignore[no-any-return]
-
-
 @get(
     "/api/runs/{run_id:uuid}/steps",
     **USER_AUTH,
@@ -48,7 +44,7 @@ def get_run_steps(
     request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID], run_id: FromPath[uuid.UUID]
 ) -> StepsPage:
     """The run's steps in order: plan, each step, final."""
-    with _state(request).session_factory() as session:
+    with state_of(request).session_factory() as session:
         tasks.get_run(session, user_id, run_id)
         return {"items": [step_view(step) for step in list_steps(session, run_id)]}
 
@@ -66,7 +62,7 @@ async def get_run_events(
     last_event_id: LastEventId = None,
 ) -> ServerSentEvent:
     """`text/event-stream` of the run's life: `status`, `step`, `delta`, `end` (then it closes)."""
-    state = _state(request)
+    state = state_of(request)
 
     def read(after_seq: int) -> Snapshot:
         # First mark the run watched (its writes notify from then on), then read it: a write

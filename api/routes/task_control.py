@@ -18,7 +18,7 @@ from api.schemas.openapi import answer, errors
 from api.schemas.requests import TaskPatchBody
 from api.schemas.responses import QueuedRun, TaskView
 from api.schemas.views import task_view
-from api.state import ApiState, ensure_sent
+from api.state import ensure_sent, state_of
 from app.services import task_control
 from app.services.task_input import TaskUpdate, parse_task_update
 from app.services.tasks import recent_runs
@@ -36,7 +36,7 @@ async def update_task(
     data: JSONBody[TaskPatchBody],
 ) -> TaskView:
     """Change title, priority or schedule (enabled false pauses, true resumes)."""
-    state: ApiState = request.app.state.api
+    state = state_of(request)
     payload = data.to_payload()
     # A webhook's host is resolved (DNS) to check its address: off the event loop.
     update = await anyio.to_thread.run_sync(
@@ -67,7 +67,7 @@ async def run_task_now(
     idempotency_key: IdempotencyKey = None,
 ) -> Response[dict[str, Any]]:
     """Queue a run now, outside the schedule (once per `Idempotency-Key`)."""
-    state: ApiState = request.app.state.api
+    state = state_of(request)
 
     def run_now() -> Response[dict[str, Any]]:
         with state.session_factory.begin() as session:
@@ -94,7 +94,7 @@ def cancel_task(
     task_id: FromPath[uuid.UUID],
 ) -> TaskView:
     """Cancel queued runs, stop a running one at its next model call, disable the schedule."""
-    state: ApiState = request.app.state.api
+    state = state_of(request)
     with state.session_factory.begin() as session:
         task = task_control.cancel_task(
             session, user_id, task_id, settings=state.settings, now=state.clock.now()

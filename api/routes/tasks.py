@@ -14,7 +14,7 @@ from api.auth import USER_AUTH
 from api.schemas.openapi import errors
 from api.schemas.responses import MeView, RunPage, RunView, TaskPage, TaskView
 from api.schemas.views import me_view, run_view, task_view
-from api.state import ApiState
+from api.state import state_of
 from app.models.enums import TaskStatus
 from app.services import tasks
 
@@ -37,10 +37,6 @@ Cursor = Annotated[
 ]
 
 
-def _state(request: Request[Any, Any, State]) -> ApiState:
-    return request.app.state.api  # type: ignore[no-any-return]
-
-
 @get(
     "/api/tasks",
     **USER_AUTH,
@@ -55,7 +51,7 @@ def list_tasks(
     cursor: Cursor = None,
 ) -> TaskPage:
     """The caller's tasks, newest first."""
-    with _state(request).session_factory() as session:
+    with state_of(request).session_factory() as session:
         page = tasks.list_tasks(session, user_id, status=status, limit=limit, cursor=cursor)
         return {"items": [task_view(task) for task in page.items], "nextCursor": page.next_cursor}
 
@@ -72,7 +68,7 @@ def get_task(
     task_id: FromPath[uuid.UUID],
 ) -> TaskView:
     """One task with its most recent runs."""
-    with _state(request).session_factory() as session:
+    with state_of(request).session_factory() as session:
         task = tasks.get_task(session, user_id, task_id)
         return task_view(task, tasks.recent_runs(session, task.id))
 
@@ -91,7 +87,7 @@ def list_task_runs(
     cursor: Cursor = None,
 ) -> RunPage:
     """The task's runs, newest first."""
-    with _state(request).session_factory() as session:
+    with state_of(request).session_factory() as session:
         page = tasks.list_runs(session, user_id, task_id, limit=limit, cursor=cursor)
         return {"items": [run_view(run) for run in page.items], "nextCursor": page.next_cursor}
 
@@ -108,7 +104,7 @@ def get_run(
     run_id: FromPath[uuid.UUID],
 ) -> RunView:
     """One run."""
-    with _state(request).session_factory() as session:
+    with state_of(request).session_factory() as session:
         return run_view(tasks.get_run(session, user_id, run_id))
 
 
@@ -120,6 +116,6 @@ def get_run(
 )
 def me(request: Request[Any, Any, State], user_id: NamedDependency[uuid.UUID]) -> MeView:
     """The caller's account and credits."""
-    state = _state(request)
+    state = state_of(request)
     with state.session_factory() as session:
         return me_view(tasks.get_user(session, user_id), state.clock.now())

@@ -13,7 +13,7 @@ from litestar.params import FromPath
 from api.auth import USER_AUTH
 from api.schemas.openapi import errors
 from api.schemas.webhooks import DeliveryList, DeliveryView, WebhookSecret
-from api.state import ApiState
+from api.state import state_of
 from app.webhooks.deliveries import delivery_view, list_deliveries
 from app.webhooks.signing import rotate_secret
 
@@ -30,7 +30,7 @@ def create_webhook_secret(
 ) -> Response[WebhookSecret]:
     """Create or rotate the caller's webhook signing secret, shown this once. After a rotation
     the old secret signs alongside the new one for 24 h."""
-    state: ApiState = request.app.state.api
+    state = state_of(request)
     with state.session_factory.begin() as session:
         secret = rotate_secret(
             session, user_id, state.clock.now(), key_setting=state.settings.webhook_secrets_key_value
@@ -50,7 +50,7 @@ def run_deliveries(
     run_id: FromPath[uuid.UUID],
 ) -> DeliveryList:
     """The run's webhook deliveries, oldest first, and the state of each."""
-    state: ApiState = request.app.state.api
+    state = state_of(request)
     with state.session_factory() as session:
         items = [
             cast(DeliveryView, delivery_view(d)) for d in list_deliveries(session, run_id, user_id=user_id)
