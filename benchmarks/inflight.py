@@ -106,6 +106,8 @@ class Sample:
     #: Of those, runs started more than STALE_RUNNING_S ago: stuck (their attempt failed to record
     #: its outcome), not executing.
     stale: int
+    #: Queued runs parked by their user's concurrency limit (waiting for a slot, no message).
+    parked: int
     finished: int
     queued: int
     model_in_flight: int
@@ -133,6 +135,7 @@ class Result:
     threads: collections.Counter[str] = field(default_factory=collections.Counter)
     dumps: int = 0
     dump_s: float = 0.0
+    failed_dumps: int = 0
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_window: tuple[float, int] = (0.0, 0)
     sessions_opened: int = 0
@@ -264,7 +267,7 @@ def _poll(
                 result.cpu_s = meter.stop()
                 result.cpu_window = (sample.t - window[0], sample.finished - window[1])
                 result.sessions_opened = pg_sessions_opened() - window[2]
-        if steady and result.dumps < args.dumps:
+        if steady and result.dumps < args.dumps and result.failed_dumps < 2 * args.dumps:
             _census(worker, result)
         if sample.finished >= args.runs:
             break
@@ -295,15 +298,18 @@ def _stalled(samples: list[Sample], seconds: float) -> bool:
     return all(s.finished == last.finished and s.model_in_flight <= 0 for s in recent)
 
 
-def _stale_running(engine: Any) -> int:
+def _stale_and_parked(engine: Any) -> tuple[int, int]:
     from sqlalchemy import text
 
     with engine.connect() as conn:
         query = (
-            "SELECT count(*) FROM task_runs"
-            " WHERE status = 'running' AND started_at < now() - make_interval(secs => :s)"
+            "SELECT count(*) FILTER (WHERE status = 'running'"
+            "                          AND started_at < now() - make_interval(secs => :s)),"
+            "       count(*) FILTER (WHERE status = 'queued' AND parked_at IS NOT NULL)"
+            "  FROM task_runs WHERE status IN ('running', 'queued')"
         )
-        return int(conn.execute(text(query), {"s": STALE_RUNNING_S}).scalar_one())
+        stale, parked = conn.execute(text(query), {"s": STALE_RUNNING_S}).one()
+        return int(stale), int(parked)
 
 
 def _sample(engine: Any, worker: Child, port: int) -> Sample:
@@ -312,10 +318,12 @@ def _sample(engine: Any, worker: Child, port: int) -> Sample:
         stats = _model_stats(port)
     except OSError:
         stats = {"in_flight": -1, "answered": -1, "served_s": 0.0, "loop_lag_s": 0.0, "loop_ticks": 0}
+    stale, parked = _stale_and_parked(engine)
     return Sample(
         t=time.monotonic(),
         running=counts.get("running", 0),
-        stale=_stale_running(engine),
+        stale=stale,
+        parked=parked,
         finished=sum(counts.get(s, 0) for s in FINISHED),
         queued=counts.get("queued", 0),
         model_in_flight=int(stats["in_flight"]),
@@ -346,6 +354,8 @@ def _census(worker: Child, result: Result) -> None:
         return
     # --nonblocking: a blocking dump stops the process while it walks ~270 threads' stacks (a
     # second or more on the busy machine), and six of them cut the throughput being measured.
+    # Reading a running process' memory sometimes fails (a stack changed under the reader):
+    # such a dump has no threads and is not counted.
     started = time.monotonic()
     dump = subprocess.run(
         [spy, "dump", "--nonblocking", "--pid", str(pids[0])],
@@ -355,7 +365,11 @@ def _census(worker: Child, result: Result) -> None:
         check=False,
     ).stdout
     result.dump_s += time.monotonic() - started
-    for section in dump.split("\nThread ")[1:]:
+    sections = dump.split("\nThread ")[1:]
+    if not sections:
+        result.failed_dumps += 1
+        return
+    for section in sections:
         for state, marker in THREAD_STATES:
             if marker in section:
                 result.threads[state] += 1
@@ -482,6 +496,10 @@ def report(args: argparse.Namespace, result: Result) -> dict[str, float]:
             f"model calls in flight: median {model:.0f}, "
             f"max {max(s.model_in_flight for s in window)}"
         )
+        print(
+            f"     runs parked by the per-user limit ({args.users} users): median "
+            f"{median([s.parked for s in window]):.0f}, max {max(s.parked for s in window)}"
+        )
         stuck = max(max(s.running - total_threads, s.stale) for s in window)
         if stuck > 0:
             print(
@@ -569,7 +587,8 @@ def _report_threads(result: Result) -> None:
     threads = sum(result.threads.values()) / result.dumps
     print(
         f"   worker threads of one process, mean of {result.dumps} py-spy dumps in the steady state "
-        f"({threads:.0f} threads, {result.dump_s / result.dumps:.1f} s a dump):"
+        f"({threads:.0f} threads; {result.dump_s / (result.dumps + result.failed_dumps):.1f} s a dump, "
+        f"{result.failed_dumps} failed):"
     )
     for state, count in result.threads.most_common():
         print(f"     {count / result.dumps:6.1f}  {state}")
