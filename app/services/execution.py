@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,9 +24,8 @@ from app.agents.registry import AGENT_TYPES, get_agent
 from app.agents.runtime import AgentRun, Deadline
 from app.agents.steps import AttemptHandedBack, AttemptLost, BeforeCall
 from app.clock import SYSTEM_CLOCK, Clock
-from app.db import engine_of
+from app.db import engine_of, execute_one
 from app.errors import InsufficientCredits, RunFailure, UnknownAgent
-from app.models import TaskRun
 from app.providers.base import ModelProvider
 from app.providers.metered import metered
 from app.services import credits
@@ -44,6 +43,7 @@ logger = logging.getLogger(__name__)
 RECORD_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
 #: A cancellation is looked up before a model call at most this often (seconds).
 CANCEL_CHECK_INTERVAL_S = 0.2
+_CANCEL_REQUESTED = text("SELECT cancel_requested FROM task_runs WHERE id = :run_id")
 
 
 @dataclass
@@ -283,8 +283,8 @@ def _cancel_probe(env: RunEnvironment, run_id: uuid.UUID) -> Callable[[], bool]:
             return False
         last_check = env.clock.monotonic()
         try:
-            with env.session_factory() as session:
-                return bool(session.scalar(select(TaskRun.cancel_requested).where(TaskRun.id == run_id)))
+            row = execute_one(engine_of(env.session_factory), _CANCEL_REQUESTED, {"run_id": run_id})
+            return bool(row and row[0])
         except SQLAlchemyError:
             logger.warning("run %s: could not look for a cancellation; going on", run_id, exc_info=True)
             return False
