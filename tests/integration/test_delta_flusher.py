@@ -74,7 +74,6 @@ def test_pieces_of_many_runs_on_many_threads_arrive_whole_and_in_order(
         entries = _entries(redis_client, run_id)
         ids = [entry_id for entry_id, _, _ in entries]
         assert ids == sorted(ids)
-        assert len(entries) > 3  # the flusher wrote while the steps went on, not only at their ends
         for (start_seq, _), index, _ in entries:
             assert (start_seq, index) in steps
         for start_seq, index in steps:
