@@ -45,6 +45,19 @@ def _claim(session_factory: sessionmaker[Session], run_id: uuid.UUID) -> Claimed
     return claimed
 
 
+def _finish(
+    session_factory: sessionmaker[Session], claimed: ClaimedRun, settings: Settings, tokens: int
+) -> None:
+    with session_factory.begin() as session:
+        runs.finish(
+            session,
+            claimed,
+            Outcome(tokens=tokens, result="done"),
+            tokens_per_credit=settings.tokens_per_credit,
+            now=datetime.now(UTC),
+        )
+
+
 def _race(first: Callable[[], None], second: Callable[[], None]) -> list[BaseException]:
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []
@@ -74,14 +87,7 @@ def test_cancels_racing_run_ends_never_deadlock_and_the_books_balance(
     for n, (task_id, run_id) in enumerate(made):
 
         def finish(run_id: uuid.UUID = run_id) -> None:
-            with session_factory.begin() as session:
-                runs.finish(
-                    session,
-                    claimed[run_id],
-                    Outcome(tokens=1500, result="done"),
-                    tokens_per_credit=settings.tokens_per_credit,
-                    now=datetime.now(UTC),
-                )
+            _finish(session_factory, claimed[run_id], settings, 1500)
 
         def cancel(task_id: uuid.UUID = task_id, run_id: uuid.UUID = run_id, n: int = n) -> None:
             with session_factory.begin() as session:
@@ -117,14 +123,7 @@ def test_the_cancel_api_never_answers_500_while_runs_finish(
     for task_id, run_id in made:
 
         def finish(run_id: uuid.UUID = run_id) -> None:
-            with session_factory.begin() as session:
-                runs.finish(
-                    session,
-                    claimed[run_id],
-                    Outcome(tokens=800, result="done"),
-                    tokens_per_credit=settings.tokens_per_credit,
-                    now=datetime.now(UTC),
-                )
+            _finish(session_factory, claimed[run_id], settings, 800)
 
         def cancel(task_id: uuid.UUID = task_id) -> None:
             codes.append(client.post(f"/api/tasks/{task_id}/cancel", headers=account.headers).status_code)
@@ -163,14 +162,7 @@ def test_run_now_racing_run_ends_of_its_task_never_deadlocks(
         claimed = _claim(session_factory, run_id)
 
         def finish(claimed: ClaimedRun = claimed) -> None:
-            with session_factory.begin() as session:
-                runs.finish(
-                    session,
-                    claimed,
-                    Outcome(tokens=900, result="done"),
-                    tokens_per_credit=settings.tokens_per_credit,
-                    now=datetime.now(UTC),
-                )
+            _finish(session_factory, claimed, settings, 900)
 
         def run_now(task_id: uuid.UUID = task_id) -> None:
             with session_factory.begin() as session:
@@ -198,14 +190,7 @@ def test_a_claim_racing_the_end_of_another_run_of_its_one_off_task_never_deadloc
             second_id = second.id
 
         def finish(claimed: ClaimedRun = first) -> None:
-            with session_factory.begin() as session:
-                runs.finish(
-                    session,
-                    claimed,
-                    Outcome(tokens=700, result="done"),
-                    tokens_per_credit=settings.tokens_per_credit,
-                    now=datetime.now(UTC),
-                )
+            _finish(session_factory, claimed, settings, 700)
 
         def claim(run_id: uuid.UUID = second_id) -> None:
             _claim(session_factory, run_id)

@@ -24,19 +24,9 @@ from app.services import scheduling
 from app.services.dispatch import Dispatch, RecordedRuns, actor_name, queue_name
 from app.services.scheduling import run_scheduling_pass
 from tests.integration.test_scheduling import SLOT, Collector, insert_tasks, task
+from tests.support import plans
 
 BACKLOG = 3_000
-
-
-def _scans(plan: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(plan, dict):
-        if "Relation Name" in plan and "Scan" in plan["Node Type"]:
-            yield plan
-        for value in plan.values():
-            yield from _scans(value)
-    elif isinstance(plan, list):
-        for item in plan:
-            yield from _scans(item)
 
 
 def _subplans(plan: Any) -> Iterator[str]:
@@ -114,7 +104,7 @@ def test_the_batch_statement_probes_by_task_under_statistics_from_an_empty_task_
         plan = json.loads(plan)
     # no SubPlan (the old EXISTS, planned as a hashed one), only the statement's CTEs
     assert [name for name in _subplans(plan) if name.startswith("SubPlan")] == [], plan
-    scans = list(_scans(plan))
+    scans = list(plans.scans(plan))
     for scan in scans:
         where = f"{scan['Node Type']} on {scan['Relation Name']}"
         if scan["Relation Name"] == "task_runs":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from sqlalchemy import Engine, TextClause, text
 
 from app.db import driver_sql
 from app.services import dispatch, leases, reconcile, run_steps, runs
+from tests.support import plans
 
 BACKLOG = 600
 RUNNING = 60
@@ -76,17 +77,6 @@ def _params(statement: TextClause, run_id: uuid.UUID) -> dict[str, Any]:
     missing = names - values.keys()
     assert not missing, f"give the test a value for {sorted(missing)}"
     return {name: values[name] for name in names}
-
-
-def _scans(plan: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(plan, dict):
-        if "Relation Name" in plan and "Scan" in plan["Node Type"]:
-            yield plan
-        for value in plan.values():
-            yield from _scans(value)
-    elif isinstance(plan, list):
-        for item in plan:
-            yield from _scans(item)
 
 
 @pytest.fixture
@@ -172,7 +162,7 @@ def test_a_run_is_found_by_its_primary_key(engine: Engine, running_run: uuid.UUI
         conn.rollback()
     if isinstance(plan, str):
         plan = json.loads(plan)
-    scans = [scan for scan in _scans(plan) if scan["Relation Name"] in ("task_runs", "run_steps")]
+    scans = [scan for scan in plans.scans(plan) if scan["Relation Name"] in ("task_runs", "run_steps")]
     assert scans, f"{name}: no scan of task_runs or run_steps in {plan}"
     for scan in scans:
         where = f"{name}: {scan['Node Type']} on {scan['Relation Name']}"
