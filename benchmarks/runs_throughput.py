@@ -112,7 +112,65 @@ class Measurement:
     run_latency_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)
     peak_rss_mb: float = 0.0
     profile: str = ""
+    #: Postgres statements per run by kind (pg_stat_statements), when the extension is loaded.
+    statements: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+#: How pg_stat_statements' normalized texts of a run's statements are told apart (first match).
+_STATEMENT_KINDS = (
+    ("claim", "WITH locked_run AS"),
+    ("step end", "prompt_tokens = prompt_tokens +"),
+    ("step start", "INSERT INTO run_steps"),
+    ("finish", "WITH finished AS"),
+    ("look for parked runs", "SELECT r.user_id FROM task_runs AS r"),
+    ("completed steps read", "SELECT index, output FROM run_steps"),
+    ("lease heartbeat", "SET lease_expires_at ="),
+)
+#: The benchmark's own statements (polling, set-up), not counted.
+_OWN_STATEMENTS = (
+    "pg_stat",
+    "GROUP BY status",
+    "VACUUM",
+    "TRUNCATE",
+    "generate_series",
+    "SET message_sent_at",
+)
+
+
+def _reset_statement_counts(engine: Any) -> bool:
+    """Zero pg_stat_statements; False when the extension is not loaded (nothing is counted)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+            conn.execute(text("SELECT pg_stat_statements_reset()"))
+        return True
+    except SQLAlchemyError:
+        return False
+
+
+def _statement_counts(engine: Any, runs: int) -> dict[str, float]:
+    """Statements per run by kind, from pg_stat_statements, in this database."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT regexp_replace(query, '\\s+', ' ', 'g'), calls FROM pg_stat_statements"
+                " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        ).all()
+    kinds: dict[str, float] = {}
+    for query, calls in rows:
+        if any(own in query for own in _OWN_STATEMENTS):
+            continue
+        kind = next((name for name, marker in _STATEMENT_KINDS if marker in query), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + calls / runs
+    return kinds
 
 
 def _rates(samples: list[tuple[float, int]], total: int) -> tuple[float, float]:
@@ -209,6 +267,7 @@ def measure_same_statements(
         f"bare actor, the runs' 11 statements (raw psycopg) {processes}x{threads}, {users} user(s)", args.runs
     )
     result.enqueue_s = time.perf_counter() - started
+    counting = _reset_statement_counts(engine)
     tag = f"statements-{processes}x{threads}-u{users}"
     with children() as started_children:
         worker = dramatiq_worker(
@@ -221,6 +280,8 @@ def measure_same_statements(
     result.statuses = run_status_counts(engine)
     result.finished = sum(result.statuses.get(s, 0) for s in FINISHED)
     result.rate_first_to_last, result.rate_steady = _rates(samples, args.runs)
+    if counting:
+        result.statements = _statement_counts(engine, args.runs)
     _db_figures(engine, result)
     return result
 
@@ -252,6 +313,7 @@ def measure_runs(
     run_ids = insert_queued_runs(engine, bench_users, args.runs, priority=PRIORITY)
     result = Measurement(f"agentsched runs {processes}x{threads}, {users} user(s)", args.runs)
     result.enqueue_s = send_run_messages(engine, run_ids, PRIORITY)
+    counting = _reset_statement_counts(engine)
     tag = f"{processes}x{threads}-u{users}"
     with children() as started_children:
         worker = dramatiq_worker(
@@ -269,6 +331,8 @@ def measure_runs(
         result.notes.append(lost)
     result.finished = sum(result.statuses.get(s, 0) for s in FINISHED)
     result.rate_first_to_last, result.rate_steady = _rates(samples, args.runs)
+    if counting:
+        result.statements = _statement_counts(engine, args.runs)
     _db_figures(engine, result)
     result.notes.extend(_consistency_problems(engine))
     if result.finished < args.runs:
@@ -419,6 +483,11 @@ def _print_measurement(m: Measurement, baseline: Measurement | None) -> None:
                 if m.sessions_opened > 10
                 else ""
             )
+        )
+    if m.statements:
+        parts = ", ".join(f"{n:.2f} {kind}" for kind, n in sorted(m.statements.items(), key=lambda i: -i[1]))
+        print(
+            f"   Postgres statements per run (pg_stat_statements): {sum(m.statements.values()):.2f}: {parts}"
         )
     for note in m.notes:
         print(f"   NOTE: {note}")
