@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import re
 import subprocess
 import sys
@@ -130,6 +131,8 @@ class Result:
     latency_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
     step_latency_ms: float = 0.0
     timeline_s: tuple[float, ...] = ()
+    #: From --pool-holds: check-outs a second per process, mean, p50, p99 hold (ms).
+    pool_holds: tuple[float, float, float, float] | None = None
     errors: dict[str, int] = field(default_factory=dict)
     worker_log: Path | None = None
     threads: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -221,9 +224,11 @@ def run_scenario(
         )
         if concurrency_env != "unset":
             env["AGENT_WORKER_CONCURRENCY"] = concurrency_env
-        worker = dramatiq_worker(
-            args.worker_module, args.processes, args.threads, env, logs / f"worker-{tag}.log"
-        )
+        module = args.worker_module
+        if args.pool_holds:
+            module = _pool_holds_probe(logs, module)
+            env["PYTHONPATH"] = os.pathsep.join((str(logs), env.get("PYTHONPATH", "")))
+        worker = dramatiq_worker(module, args.processes, args.threads, env, logs / f"worker-{tag}.log")
         started.append(worker.start())
         result.worker_log = worker.log_path
         _poll(args, engine, worker, server, port, result)
@@ -236,6 +241,7 @@ def run_scenario(
     result.step_latency_ms = _step_latency_ms(engine)
     result.timeline_s = _run_timeline(engine)
     result.errors = _log_errors(result.worker_log)
+    result.pool_holds = _pool_holds(result.worker_log)
     return result
 
 
@@ -438,6 +444,72 @@ def _step_latency_ms(engine: Any) -> float:
     return float(value or 0.0)
 
 
+# A module `dramatiq` imports instead of the worker module: it imports that module, then logs
+# how long each pooled Postgres connection stays checked out, every _HOLDS_EVERY_S seconds.
+_POOL_HOLDS_PROBE = """\
+import logging, threading, time
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
+from {module} import *  # noqa: F403
+from {module} import broker  # noqa: F401
+
+_holds, _lock, _log = [], threading.Lock(), logging.getLogger("pool_holds")
+
+
+@event.listens_for(Pool, "checkout")
+def _out(dbapi_connection, record, proxy):
+    record.info["out_at"] = time.monotonic()
+
+
+@event.listens_for(Pool, "checkin")
+def _in(dbapi_connection, record):
+    out = record.info.pop("out_at", None)
+    if out is not None:
+        with _lock:
+            _holds.append(time.monotonic() - out)
+
+
+def _report():
+    while True:
+        time.sleep({every})
+        with _lock:
+            holds = sorted(_holds)
+            _holds.clear()
+        if holds:
+            _log.warning("pool holds: %d %.3f %.3f %.3f", len(holds), 1000 * sum(holds) / len(holds),
+                         1000 * holds[len(holds) // 2], 1000 * holds[int(len(holds) * 0.99)])
+
+
+threading.Thread(target=_report, name="pool-holds", daemon=True).start()
+"""
+_HOLDS_EVERY_S = 5
+_HOLDS_LINE = re.compile(r"pool holds: (\d+) ([\d.]+) ([\d.]+) ([\d.]+)")
+
+
+def _pool_holds_probe(logs: Path, module: str) -> str:
+    (logs / "pool_holds_probe.py").write_text(_POOL_HOLDS_PROBE.format(module=module, every=_HOLDS_EVERY_S))
+    return "pool_holds_probe"
+
+
+def _pool_holds(path: Path | None) -> tuple[float, float, float, float] | None:
+    """The busiest half of the probe's 5 s reports (the steady state), averaged over processes."""
+    if path is None or not path.exists():
+        return None
+    reports = [
+        tuple(float(v) for v in m.groups()) for m in _HOLDS_LINE.finditer(path.read_text(errors="replace"))
+    ]
+    if not reports:
+        return None
+    busiest = sorted(reports, key=lambda r: -r[0])[: max(1, len(reports) // 2)]
+    count = sum(r[0] for r in busiest)
+    return (
+        count / len(busiest) / _HOLDS_EVERY_S,
+        sum(r[0] * r[1] for r in busiest) / count,
+        sum(r[0] * r[2] for r in busiest) / count,
+        max(r[3] for r in busiest),
+    )
+
+
 _ERROR_PATTERNS = {
     "too many connections": re.compile(r"too many (connections|clients)", re.I),
     "pool timeout (QueuePool limit reached)": re.compile(r"QueuePool limit", re.I),
@@ -523,6 +595,13 @@ def report(args: argparse.Namespace, result: Result) -> dict[str, float]:
             f"   a run's time, mean s: claim to first step {claim:.3f}; per step: in the model call "
             f"{call:.3f}, outside it (start written, deltas flushed) {around:.3f}; step end to next "
             f"start {between:.3f}; last step to run end {finish:.3f}"
+        )
+    if result.pool_holds is not None:
+        rate, mean_ms, p50_ms, p99_ms = result.pool_holds
+        print(
+            f"   pooled Postgres connections (--pool-holds, busiest reports): {rate:.0f} check-outs a "
+            f"second per process, each held {mean_ms:.1f} ms on average (p50 {p50_ms:.1f}, "
+            f"p99 up to {p99_ms:.0f})"
         )
     _report_threads(result)
     _report_cpu(result)
@@ -667,6 +746,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", help="the workers' LOG_LEVEL (product default INFO)")
     parser.add_argument("--dumps", type=int, default=6, help="py-spy dumps of a worker in the steady state")
     parser.add_argument("--worker-module", default="actors", help="what `dramatiq` imports (for experiments)")
+    parser.add_argument(
+        "--pool-holds",
+        action="store_true",
+        help="log how long each pooled Postgres connection stays checked out (SQLAlchemy pool events)",
+    )
     parser.add_argument("--timeline", action="store_true", help="print the sampled timeline")
     parser.add_argument("--keep-database", action="store_true")
     args = parser.parse_args(argv)
