@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpcore
+import httpcore._backends.sync as httpcore_sync
 import httpx
 
 logger = logging.getLogger(__name__)
@@ -93,6 +95,13 @@ def _clamp(timeout: float | None, expired: type[httpcore.TimeoutException]) -> f
 class _DeadlineStream(httpcore.NetworkStream):
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
+        # A plain or TLS socket (not TLS inside a TLS proxy) is read here directly: httpcore's
+        # `SyncStream.read` calls `settimeout` before every read, and CPython drops and retakes
+        # the GIL around the ioctl that does, so each streamed chunk cost one more GIL handoff
+        # (among 256 threads, a wait in line) on top of the poll and the recv.
+        self._sock: socket.socket | None = (
+            inner.get_extra_info("socket") if type(inner) is httpcore_sync.SyncStream else None
+        )
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         # A read waits in slices of at most STOP_POLL_S, so a worker that starts stopping while
@@ -101,10 +110,23 @@ class _DeadlineStream(httpcore.NetworkStream):
             clamped = _clamp(timeout, httpcore.ReadTimeout)
             waited = STOP_POLL_S if clamped is None else min(clamped, STOP_POLL_S)
             try:
-                return self._inner.read(max_bytes, waited)
+                return self._read(max_bytes, waited)
             except httpcore.ReadTimeout:
                 if clamped is not None and waited >= clamped:
                     raise
+
+    def _read(self, max_bytes: int, timeout: float) -> bytes:
+        sock = self._sock
+        if sock is None:
+            return self._inner.read(max_bytes, timeout)
+        try:
+            if sock.gettimeout() != timeout:  # far from the deadline it stays STOP_POLL_S
+                sock.settimeout(timeout)
+            return sock.recv(max_bytes)
+        except TimeoutError as exc:  # what httpcore's own read maps these to
+            raise httpcore.ReadTimeout(exc) from exc
+        except OSError as exc:
+            raise httpcore.ReadError(exc) from exc
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         for start in range(0, len(buffer), _WRITE_SLICE):
