@@ -51,7 +51,8 @@ class StepJournal(Protocol):
         ...
 
     def start(self, call: ModelCall) -> None:
-        """Record that the call starts (raises `AttemptLost` when the run is no longer ours)."""
+        """Record that the call starts (raises `AttemptLost` when the run is no longer ours, and
+        `RunCancelled` when it was asked to stop: the cancellation is seen at its next call)."""
         ...
 
     def complete(self, call: ModelCall, completion: Completion, latency_ms: int) -> None:

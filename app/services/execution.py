@@ -12,11 +12,9 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import text
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import metrics
@@ -24,7 +22,7 @@ from app.agents.registry import AGENT_TYPES, get_agent
 from app.agents.runtime import AgentRun, Deadline
 from app.agents.steps import AttemptHandedBack, AttemptLost, BeforeCall
 from app.clock import SYSTEM_CLOCK, Clock
-from app.db import engine_of, execute_one
+from app.db import engine_of
 from app.errors import InsufficientCredits, RunFailure, UnknownAgent
 from app.providers.base import ModelProvider
 from app.providers.metered import metered
@@ -41,9 +39,6 @@ logger = logging.getLogger(__name__)
 
 #: Pauses between tries to record an outcome while Postgres is unreachable (then Dramatiq retries).
 RECORD_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
-#: A cancellation is looked up before a model call at most this often (seconds).
-CANCEL_CHECK_INTERVAL_S = 0.2
-_CANCEL_REQUESTED = text("SELECT cancel_requested FROM task_runs WHERE id = :run_id")
 
 
 @dataclass
@@ -234,7 +229,6 @@ def _attempt(env: RunEnvironment, claimed: ClaimedRun) -> Outcome:
             - claimed.tokens_before,
         ),
         model=claimed.model,
-        should_stop=_cancel_probe(env, claimed.run_id),
         should_hand_back=env.leases.stopping.is_set,
         journal=journal,
         before_call=env.before_call,
@@ -271,22 +265,3 @@ def _attempt(env: RunEnvironment, claimed: ClaimedRun) -> Outcome:
             retryable=True,
         )
     return Outcome(tokens=agent_run.tokens_used, result=result)
-
-
-def _cancel_probe(env: RunEnvironment, run_id: uuid.UUID) -> Callable[[], bool]:
-    """A check for a cancellation request, made before each model call (throttled)."""
-    last_check = env.clock.monotonic()
-
-    def should_stop() -> bool:
-        nonlocal last_check
-        if env.clock.monotonic() - last_check < CANCEL_CHECK_INTERVAL_S:
-            return False
-        last_check = env.clock.monotonic()
-        try:
-            row = execute_one(engine_of(env.session_factory), _CANCEL_REQUESTED, {"run_id": run_id})
-            return bool(row and row[0])
-        except SQLAlchemyError:
-            logger.warning("run %s: could not look for a cancellation; going on", run_id, exc_info=True)
-            return False
-
-    return should_stop

@@ -22,7 +22,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import TextClause, select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.agents.steps import AttemptLost, ModelCall
 from app.clock import Clock
 from app.db import engine_of, execute_one
-from app.errors import RunFailure
+from app.errors import RunCancelled, RunFailure
 from app.models import RunStep
 from app.models.enums import StepStatus
 from app.providers.base import Completion
@@ -46,17 +46,20 @@ _COMPLETED_OUTPUTS = text(
 
 _RUNNING = status_is("running")
 
+# A step's start, unless the run was asked to stop: then nothing is written (`cancel_requested`
+# comes back true, and the attempt stops before the model call it was about to make).
 _START = text(
     f"""
     WITH run AS (
-        UPDATE task_runs SET event_seq = event_seq + 1
+        UPDATE task_runs SET event_seq = event_seq + CASE WHEN cancel_requested THEN 0 ELSE 1 END
          WHERE id = :run_id AND {_RUNNING} AND attempts = :attempt
-        RETURNING id, event_seq, (watched_until IS NOT NULL AND watched_until > :now) AS watched
+        RETURNING id, event_seq, cancel_requested,
+                  (watched_until IS NOT NULL AND watched_until > :now) AS watched
     ), step AS (
         INSERT INTO run_steps (run_id, index, kind, title, status, attempt, model, started_at,
                                seq, start_seq)
         SELECT id, :index, :kind, :title, 'running', :attempt, :model, :now, event_seq, event_seq
-          FROM run
+          FROM run WHERE NOT cancel_requested
         ON CONFLICT (run_id, index) DO UPDATE
            SET kind = EXCLUDED.kind, title = EXCLUDED.title, status = 'running',
                attempt = EXCLUDED.attempt, model = EXCLUDED.model, prompt_tokens = 0,
@@ -66,7 +69,10 @@ _START = text(
          WHERE run_steps.status <> 'completed'
         RETURNING run_id, seq
     )
-    SELECT seq, CASE WHEN watched THEN pg_notify(:channel, CAST(run_id AS text)) END FROM step, run
+    SELECT (SELECT seq FROM step),
+           CASE WHEN watched AND NOT cancel_requested THEN pg_notify(:channel, CAST(id AS text)) END,
+           cancel_requested
+      FROM run
     """
 )
 
@@ -146,7 +152,9 @@ class PostgresJournal:
         return {int(row[0]): str(row[1] or "") for row in rows}
 
     def start(self, call: ModelCall) -> None:
-        seq = self._write(
+        """Write the step's start; `RunCancelled` (nothing written) when the run was asked to stop,
+        so a cancellation is seen at the next model call without a statement of its own."""
+        row = self._write(
             _START,
             {
                 "index": call.index,
@@ -155,7 +163,9 @@ class PostgresJournal:
                 "model": call.model,
             },
         )
-        self.start_seqs[call.index] = seq
+        if row[2]:
+            raise RunCancelled("the run was cancelled")
+        self.start_seqs[call.index] = self._seq(row)
 
     def complete(self, call: ModelCall, completion: Completion, latency_ms: int) -> None:
         self._end(
@@ -207,7 +217,8 @@ class PostgresJournal:
         )
         self.start_seqs.pop(call.index, None)
 
-    def _write(self, statement: TextClause, params: dict[str, Any]) -> int:
+    def _write(self, statement: TextClause, params: dict[str, Any]) -> tuple[Any, ...]:
+        """The statement's row; `AttemptLost` when it wrote nothing (the run is not ours now)."""
         row = execute_one(
             self.engine,
             statement,
@@ -219,11 +230,19 @@ class PostgresJournal:
                 "channel": RUN_EVENTS_CHANNEL,
             },
         )
-        seq = row[0] if row is not None else None
-        if seq is None:
-            logger.warning("run %s attempt %d lost its claim; stopping", self.run_id, self.attempt)
-            raise AttemptLost(f"run {self.run_id} attempt {self.attempt} was claimed again")
-        return int(seq)
+        if row is None:
+            self._lost()
+        return row
+
+    def _seq(self, row: tuple[Any, ...]) -> int:
+        """The event number the write took (None: the step was not ours to write)."""
+        if row[0] is None:
+            self._lost()
+        return int(row[0])
+
+    def _lost(self) -> NoReturn:
+        logger.warning("run %s attempt %d lost its claim; stopping", self.run_id, self.attempt)
+        raise AttemptLost(f"run {self.run_id} attempt {self.attempt} was claimed again")
 
 
 def list_steps(session: Session, run_id: uuid.UUID) -> Sequence[RunStep]:

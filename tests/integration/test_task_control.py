@@ -17,6 +17,7 @@ from app.cron import next_fire, parse_schedule
 from app.models import CreditLedgerEntry, Task, TaskRun, User
 from app.providers.base import ChatMessage, Completion
 from app.providers.offline import OfflineProvider
+from app.services import run_steps
 from tests.integration.conftest import wait_for_runs
 
 SCHEDULED = {
@@ -188,6 +189,9 @@ def test_cancel_stops_a_running_run_at_its_next_model_call_and_releases_its_cred
     assert run.error is not None
     assert run.error["code"] == "cancelled"
     assert provider.calls <= 2  # stopped at the call after the cancel, not at the end
+    with session_factory() as session:  # a step for each call made; none for the call not made
+        steps = run_steps.list_steps(session, uuid.UUID(body["runId"]))
+        assert [step.status for step in steps] == ["completed"] * provider.calls
     with session_factory() as session:
         user = session.get(User, account.user_id)
         assert user is not None
