@@ -74,7 +74,10 @@ def run_environment(threads: int | None = None) -> RunEnvironment:
                         heartbeat_s=_settings.run_heartbeat_s,
                         on_beat=_broker_heartbeat,
                     ),
-                    deltas=DeltaPublisher(shared_client(_settings.broker_url)),
+                    # a Redis that hangs must not hold the one flusher thread forever
+                    deltas=DeltaPublisher(
+                        shared_client(_settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+                    ),
                 )
     return _environment
 

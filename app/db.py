@@ -86,7 +86,7 @@ def execute_one(engine: Engine, statement: TextClause, params: Mapping[str, Any]
     219 us, a Core connection 68 / 145 us (its result objects), this 25 / 56 us, bare psycopg
     20 / 49 us. What SQLAlchemy would do on an error is kept: the error is raised as SQLAlchemy's
     (OperationalError, ...), and when Postgres dropped the connection, the connection is discarded
-    and so is the rest of the pool (`Engine.dispose`: they were opened before the drop).
+    and so is the rest of the pool (they were opened before the drop).
     """
     sql = driver_sql(statement, engine.dialect)
     pooled = engine.raw_connection()
@@ -103,10 +103,15 @@ def execute_one(engine: Engine, statement: TextClause, params: Mapping[str, Any]
     except engine.dialect.loaded_dbapi.Error as exc:
         disconnected = engine.dialect.is_disconnect(exc, driver, None)
         if disconnected:
-            pooled.invalidate(exc)
-            engine.dispose()
+            # As SQLAlchemy's own Connection does on a disconnect: this connection is closed and
+            # every older one is replaced at its next check-out, those other threads hold too
+            # (`Engine.dispose` would leave those open, in a pool nobody uses any more).
+            engine.pool._invalidate(pooled, exc)
         elif not driver.closed:
-            driver.rollback()
+            try:
+                driver.rollback()
+            except engine.dialect.loaded_dbapi.Error:
+                pooled.invalidate(exc)
         raise DBAPIError.instance(
             sql, dict(params), exc, engine.dialect.loaded_dbapi.Error, connection_invalidated=disconnected
         ) from exc

@@ -94,7 +94,8 @@ _END = text(
                completion_tokens = completion_tokens + :completion_tokens,
                cached_tokens = cached_tokens + :cached_tokens,
                tokens_used = tokens_used + :prompt_tokens + :completion_tokens
-         WHERE id = (SELECT task_id FROM run) AND :prompt_tokens + :completion_tokens > 0
+         -- (not the sum of the two: psycopg sends a small int as smallint, and 30,000 + 3,000 overflows it)
+         WHERE id = (SELECT task_id FROM run) AND (:prompt_tokens > 0 OR :completion_tokens > 0)
     ), step AS (
         UPDATE run_steps AS s
            SET status = :status, model = COALESCE(:model, s.model),

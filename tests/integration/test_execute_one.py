@@ -67,3 +67,28 @@ def test_a_connection_postgres_dropped_is_discarded_with_the_rest_of_the_pool(
         assert now.driver_connection.info.backend_pid not in pids  # type: ignore[union-attr]
     finally:
         now.close()
+
+
+def test_a_connection_held_elsewhere_when_the_pool_is_invalidated_is_replaced_too(
+    small_engine: Engine, engine: Engine
+) -> None:
+    """Another thread's connection, checked out while one statement found its connection
+    dropped, is not handed out again (nor left open in a pool nobody uses)."""
+    held = small_engine.raw_connection()
+    free = small_engine.raw_connection()
+    pids = [conn.driver_connection.info.backend_pid for conn in (held, free)]  # type: ignore[union-attr]
+    free.close()
+    with engine.connect() as admin:
+        admin.execute(
+            text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS int[])) AS pid"), {"pids": pids}
+        )
+    with pytest.raises(OperationalError):
+        execute_one(small_engine, text("SELECT 1"), {})
+    held.close()  # back to the pool after the invalidation
+    again = [small_engine.raw_connection(), small_engine.raw_connection()]
+    try:
+        assert all(conn.driver_connection.info.backend_pid not in pids for conn in again)  # type: ignore[union-attr]
+    finally:
+        for conn in again:
+            conn.close()
+    assert execute_one(small_engine, text("SELECT 1"), {}) == (1,)
