@@ -102,37 +102,35 @@ def _record(env: RunEnvironment, claimed: ClaimedRun, outcome: Outcome, attempt_
     """Write the attempt's outcome: a retry for later, or the run's end (counted once written)."""
     run_id = claimed.run_id
     now = env.clock.now()
-    with env.session_factory.begin() as session:
-        if outcome.error_code and outcome.retryable and claimed.attempt < claimed.max_attempts:
-            delay = backoff_ms(
-                claimed.attempt,
-                min_ms=env.settings.retry_min_backoff_ms,
-                max_ms=env.settings.retry_max_backoff_ms,
-            )
-            logger.info(
-                "run %s attempt %d/%d failed (%s: %s); retrying in %d ms",
-                run_id,
-                claimed.attempt,
-                claimed.max_attempts,
-                outcome.error_code,
-                outcome.error_message,
-                delay,
-            )
+    if outcome.error_code and outcome.retryable and claimed.attempt < claimed.max_attempts:
+        delay = backoff_ms(
+            claimed.attempt,
+            min_ms=env.settings.retry_min_backoff_ms,
+            max_ms=env.settings.retry_max_backoff_ms,
+        )
+        logger.info(
+            "run %s attempt %d/%d failed (%s: %s); retrying in %d ms",
+            run_id,
+            claimed.attempt,
+            claimed.max_attempts,
+            outcome.error_code,
+            outcome.error_message,
+            delay,
+        )
+        with env.session_factory.begin() as session:
             retry = retry_later(session, claimed, outcome, delay_ms=delay, now=now)
-            if retry is not None:
-                metrics.record_attempt(
-                    outcome.error_code, attempt_s, agent_type=claimed.agent_type, retried=True
-                )
-            return retry
-        if not finish(session, claimed, outcome, tokens_per_credit=env.settings.tokens_per_credit, now=now):
-            logger.warning("run %s attempt %d lost its claim; outcome discarded", run_id, claimed.attempt)
-        else:
-            metrics.record_attempt(
-                outcome.error_code, attempt_s, agent_type=claimed.agent_type, retried=False
-            )
-            logger.debug(
-                "run %s %s after %d attempt(s)", run_id, outcome.error_code or "completed", claimed.attempt
-            )
+        if retry is not None:
+            metrics.record_attempt(outcome.error_code, attempt_s, agent_type=claimed.agent_type, retried=True)
+        return retry
+    # the end, in one statement of its own (its webhook's message goes out once it returns)
+    if not finish(
+        env.session_factory, claimed, outcome, tokens_per_credit=env.settings.tokens_per_credit, now=now
+    ):
+        logger.warning("run %s attempt %d lost its claim; outcome discarded", run_id, claimed.attempt)
+    else:
+        metrics.record_attempt(outcome.error_code, attempt_s, agent_type=claimed.agent_type, retried=False)
+        ended_as = outcome.error_code or "completed"
+        logger.debug("run %s %s after %d attempt(s)", run_id, ended_as, claimed.attempt)
     return None
 
 

@@ -15,16 +15,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import execute_one
+from app.db import engine_of, execute_one
 from app.models import Task, TaskRun
 from app.models.enums import RunStatus, Trigger
 from app.services import concurrency, credits
 from app.services.dispatch import Dispatch
 from app.services.run_rows import status_is
 from app.services.task_input import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_MS
-from app.webhooks.outbox import insert_deliveries_sql, stash_row
+from app.webhooks.outbox import insert_deliveries_sql, send_committed, stash_row
 
 RUN_FINISHED_CHANNEL = "agentsched_run_finished"
 
@@ -285,7 +285,7 @@ def retry_later(
 
 
 def finish(
-    session: Session,
+    db: Session | sessionmaker[Session],
     claimed: ClaimedRun,
     outcome: Outcome,
     *,
@@ -296,6 +296,8 @@ def finish(
 
     Tokens past what the reservation pays for are not charged; they are recorded as
     `tokens_over_budget`. False when the attempt had lost its claim (nothing is written then).
+    Given a session factory, the end is its own unit of work (`app.db.execute_one`: the worker
+    ends a run in one statement) and its webhook's message goes out as soon as it returns.
     """
     if outcome.error_code is None:
         status = RunStatus.COMPLETED
@@ -304,27 +306,30 @@ def finish(
     else:
         status = RunStatus.FAILED
     tokens = claimed.tokens_before + outcome.tokens
-    row = session.execute(
-        _FINISH,
-        {
-            "run_id": claimed.run_id,
-            "attempt": claimed.attempt,
-            "status": status.value,
-            "now": now,
-            "tokens": tokens,
-            "attempt_tokens": outcome.tokens,
-            "over_budget": credits.tokens_over_budget(tokens, claimed.reserved * tokens_per_credit),
-            "charge": credits.charge_for(tokens, tokens_per_credit, claimed.reserved),
-            "reserved": claimed.reserved,
-            "period": credits.month_of(now),
-            "result": outcome.result,
-            "error": _error_json(outcome),
-            "channel": RUN_FINISHED_CHANNEL,
-        },
-    ).first()
-    if row is not None:  # the webhook's message goes out after the commit
-        stash_row(session, row.delivery_id, row.delivery_message_id)
-    return row is not None
+    params = {
+        "run_id": claimed.run_id,
+        "attempt": claimed.attempt,
+        "status": status.value,
+        "now": now,
+        "tokens": tokens,
+        "attempt_tokens": outcome.tokens,
+        "over_budget": credits.tokens_over_budget(tokens, claimed.reserved * tokens_per_credit),
+        "charge": credits.charge_for(tokens, tokens_per_credit, claimed.reserved),
+        "reserved": claimed.reserved,
+        "period": credits.month_of(now),
+        "result": outcome.result,
+        "error": _error_json(outcome),
+        "channel": RUN_FINISHED_CHANNEL,
+    }
+    if isinstance(db, Session):
+        row = db.execute(_FINISH, params).first()
+        if row is not None:  # the webhook's message goes out after the commit
+            stash_row(db, row.delivery_id, row.delivery_message_id)
+        return row is not None
+    ended = execute_one(engine_of(db), _FINISH, params)
+    if ended is not None:  # (id, notified, delivery id, delivery message id), committed
+        send_committed(db, ended[2], ended[3])
+    return ended is not None
 
 
 def notify_finished(session: Session, run_id: uuid.UUID) -> None:

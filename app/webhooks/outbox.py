@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 logger = logging.getLogger(__name__)
 
 _STASH_KEY = "agentsched_webhook_deliveries"
-_installed: weakref.WeakSet[sessionmaker[Session]] = weakref.WeakSet()
+_senders: weakref.WeakKeyDictionary[sessionmaker[Session], DeliverySender] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,21 +91,33 @@ def stash_row(session: Session, delivery_id: Any, message_id: Any) -> None:
 
 def install(factory: sessionmaker[Session], send: DeliverySender) -> None:
     """Send what sessions of `factory` stash, after each successful commit (once per factory)."""
-    if factory in _installed:
+    if factory in _senders:
         return
-    _installed.add(factory)
+    _senders[factory] = send
 
     def after_commit(session: Session) -> None:
         pending: list[PendingDelivery] = session.info.pop(_STASH_KEY, [])
-        if not pending:
-            return
-        try:
-            send(pending)
-        except Exception:  # the rows are committed; the reconciler sends them
-            logger.exception("could not send %d webhook message(s); the reconciler will", len(pending))
+        if pending:
+            _send(send, pending)
 
     def after_rollback(session: Session) -> None:
         session.info.pop(_STASH_KEY, None)
 
     event.listen(factory, "after_commit", after_commit)
     event.listen(factory, "after_rollback", after_rollback)
+
+
+def send_committed(factory: sessionmaker[Session], delivery_id: Any, message_id: Any) -> None:
+    """For a statement that committed on its own (`app.db.execute_one`): send the delivery it
+    wrote now, as `install`'s sender would after a session's commit (none installed: the
+    reconciler sends it)."""
+    send = _senders.get(factory)
+    if send is not None and delivery_id is not None and message_id is not None:
+        _send(send, [PendingDelivery(uuid.UUID(str(delivery_id)), str(message_id))])
+
+
+def _send(send: DeliverySender, pending: Sequence[PendingDelivery]) -> None:
+    try:
+        send(pending)
+    except Exception:  # the rows are committed; the reconciler sends them
+        logger.exception("could not send %d webhook message(s); the reconciler will", len(pending))
