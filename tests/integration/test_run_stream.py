@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from app.models import RunStep, TaskRun
@@ -20,6 +21,26 @@ def _step(index: int, status: str, seq: int, start_seq: int) -> RunStep:
     return RunStep(index=index, status=status, seq=seq, start_seq=start_seq, started_at=datetime.now(UTC))
 
 
+def _events(
+    feed: RunFeed, run: TaskRun, snapshots: list[Snapshot], last_event_id: str | None
+) -> AsyncIterator[object]:
+    """The run's events, each read of the run answered by the next of `snapshots`."""
+
+    async def read(after_seq: int) -> Snapshot:
+        return snapshots.pop(0)
+
+    return run_events(
+        feed,
+        run.id,
+        read,
+        Snapshot(run, []),
+        last_event_id,
+        step_view=lambda s: {"index": s.index, "status": s.status},
+        run_view=lambda r: {"status": r.status},
+        keepalive_s=0.2,
+    )
+
+
 def test_an_idle_stream_sends_keepalives_and_a_poke_reads_the_run_again(settings):
     async def scenario() -> list[object]:
         feed = RunFeed(settings.broker_url)
@@ -29,20 +50,7 @@ def test_an_idle_stream_sends_keepalives_and_a_poke_reads_the_run_again(settings
             Snapshot(_run("running", 1), [_step(0, "running", 2, 2)]),
             Snapshot(_run("completed", 4), [_step(0, "completed", 3, 2)]),
         ]
-
-        async def read(after_seq: int) -> Snapshot:
-            return snapshots.pop(0)
-
-        events = run_events(
-            feed,
-            run.id,
-            read,
-            Snapshot(run, []),
-            None,
-            step_view=lambda s: {"index": s.index, "status": s.status},
-            run_view=lambda r: {"status": r.status},
-            keepalive_s=0.2,
-        )
+        events = _events(feed, run, snapshots, None)
         seen: list[object] = []
         async for event in events:  # ends after `end`
             seen.append(None if event is None else (event.id, event.event))
@@ -77,20 +85,7 @@ def test_a_stream_resumed_in_the_middle_of_a_step_gets_the_rest_of_its_pieces(se
             Snapshot(_run("running", 1), []),  # the running step was written at 2: not after it
             Snapshot(_run("completed", 4), [_step(0, "completed", 3, 2)]),
         ]
-
-        async def read(after_seq: int) -> Snapshot:
-            return snapshots.pop(0)
-
-        events = run_events(
-            feed,
-            run.id,
-            read,
-            Snapshot(run, []),
-            "2-1",  # the client saw the step start and its first piece
-            step_view=lambda s: {"index": s.index, "status": s.status},
-            run_view=lambda r: {"status": r.status},
-            keepalive_s=0.2,
-        )
+        events = _events(feed, run, snapshots, "2-1")  # the client saw the step start and its first piece
         seen = [(event.id, event.event) async for event in events if event is not None]
         await feed.redis.delete(key)
         await feed.stop()

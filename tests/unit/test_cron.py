@@ -46,7 +46,7 @@ def utcs(*texts: str) -> list[datetime]:
 
 
 def _vector_file() -> Path | None:
-    # tests/data holds a copy of ../shared/data/cron-vectors.json; CRON_VECTORS may name another.
+    # tests/data/cron-vectors.json is the contract's vector file, copied in; CRON_VECTORS may name another.
     candidates = [
         os.environ.get("CRON_VECTORS", ""),
         str(Path(__file__).resolve().parents[1] / "data" / "cron-vectors.json"),

@@ -25,7 +25,7 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("git is not installed")
     if _git("rev-parse", "--is-inside-work-tree", cwd=PROJECT_ROOT).returncode != 0:
         pytest.skip(f"{PROJECT_ROOT} is not a git checkout")
-    # Alone in its directory: a `../shared` (or any sibling) of the checkout is not beside it.
+    # Alone in a new temporary directory: nothing that stands beside this checkout is beside the clone.
     clone = tmp_path_factory.mktemp("fresh") / "r"
     cloned = _git("clone", "--quiet", str(PROJECT_ROOT), str(clone), cwd=PROJECT_ROOT)
     assert cloned.returncode == 0, cloned.stderr
