@@ -23,8 +23,8 @@ from app.models import Task, TaskRun
 from app.services import scheduling
 from app.services.dispatch import Dispatch, RecordedRuns, actor_name, queue_name
 from app.services.scheduling import run_scheduling_pass
-from tests.integration.test_scheduling import SLOT, Collector, insert_tasks, task
 from tests.support import plans
+from tests.support.scheduling import SLOT, Collector, insert_tasks, task
 
 BACKLOG = 3_000
 
