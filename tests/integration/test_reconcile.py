@@ -18,7 +18,7 @@ from app.services.dispatch import Dispatch
 from app.services.reconcile import RECONCILE_LOCK_KEY, ReconcileResult, reconcile
 from app.services.scheduling import run_scheduling_pass
 from tests.integration.conftest import wait_for_runs
-from tests.integration.test_scheduling import Collector, insert_tasks
+from tests.support.scheduling import Collector, insert_tasks
 
 
 def real_send(session_factory: sessionmaker[Session]):

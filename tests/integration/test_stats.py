@@ -17,7 +17,7 @@ from app.services.stats import (
     record_missed_slots,
     record_scheduler_heartbeat,
 )
-from tests.integration.test_scheduling import insert_tasks
+from tests.support.scheduling import insert_tasks
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
