@@ -19,7 +19,7 @@ from actors.signals import stop_once_on_sigterm
 from app.clock import SYSTEM_CLOCK
 from app.db import make_engine, make_session_factory
 from app.metrics_sharing import MetricsPublisher
-from app.providers import deadline_http, make_provider
+from app.providers import call_deadline, make_provider
 from app.providers.ratelimit import track_call
 from app.redis_client import shared_client
 from app.services.dead_workers import record_broker_heartbeat
@@ -149,6 +149,6 @@ class WorkerSetup(Middleware):
             _environment.leases.begin_stop(self.settings.worker_stop_grace_s)
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
-        deadline_http.set_stop_deadline(None)  # (tests run several workers in one process)
+        call_deadline.set_stop_deadline(None)  # (tests run several workers in one process)
         if self.metrics is not None:
             self.metrics.stop()

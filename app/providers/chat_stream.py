@@ -31,30 +31,76 @@ class StreamedAnswer:
 
 def read_chat_stream(lines: Iterator[str], on_delta: DeltaCallback | None, max_chars: int) -> StreamedAnswer:
     """The answer of an event stream, calling `on_delta` with each piece as it arrives."""
-    answer = StreamedAnswer()
-    size = 0
+    reader = ChatStreamReader(on_delta, max_chars)
     for line in lines:
+        reader.feed(line)
+    return reader.finish()
+
+
+class ChatStreamReader:
+    """The answer of an event stream fed one line at a time (for readers that get lines pushed)."""
+
+    def __init__(self, on_delta: DeltaCallback | None, max_chars: int) -> None:
+        self.answer = StreamedAnswer()
+        self.on_delta = on_delta
+        self.max_chars = max_chars
+        self.size = 0
+
+    def feed(self, line: str) -> None:
         if not line.startswith("data:"):
-            continue  # comments (": keep-alive"), `event:` and `id:` lines, blank separators
+            return  # comments (": keep-alive"), `event:` and `id:` lines, blank separators
+        answer = self.answer
         data = line[5:].strip()
         if data == "[DONE]":
             answer.done = True  # read on to the body's end, so the connection can be reused
-            continue
+            return
         if answer.done:
-            continue
-        chunk = _json(data)
-        piece = _apply(answer, chunk)
+            return
+        piece = _apply(answer, _json(data))
         if piece:
-            size += len(piece)
-            if size > max_chars:
-                raise ProviderError(f"model provider streamed an answer over {max_chars} characters")
+            self.size += len(piece)
+            if self.size > self.max_chars:
+                raise ProviderError(f"model provider streamed an answer over {self.max_chars} characters")
             answer.pieces.append(piece)
-            if on_delta is not None:
-                on_delta(piece)
-    answer.text = "".join(answer.pieces)
-    if not answer.done and answer.finish_reason is None:
-        raise ProviderError("the model provider's stream ended before the answer was complete")
-    return answer
+            if self.on_delta is not None:
+                self.on_delta(piece)
+
+    def finish(self) -> StreamedAnswer:
+        answer = self.answer
+        answer.text = "".join(answer.pieces)
+        if not answer.done and answer.finish_reason is None:
+            raise ProviderError("the model provider's stream ended before the answer was complete")
+        return answer
+
+
+class DataLines:
+    """The `data:` lines of an event stream, split from its bytes as they arrive.
+
+    Decoding every chunk to text and splitting it in Python line by line (httpx's `iter_lines`)
+    costs more than it needs to: an answer's stream is mostly `data: {...}` lines, so we split
+    bytes and decode only those. CR LF and a lone CR end a line too (the SSE grammar); other
+    lines (comments, `event:`, `id:`, the blank ones between events) mean nothing to a chat
+    completion and are skipped.
+    """
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        if self.pending:
+            chunk = self.pending + chunk
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = chunk.split(b"\n")
+        self.pending = lines.pop()
+        if len(self.pending) > self.max_line_bytes:
+            raise ProviderError(f"model provider streamed a line over {self.max_line_bytes} bytes")
+        return [line.decode("utf-8", errors="replace") for line in lines if line.startswith(b"data:")]
+
+    def finish(self) -> list[str]:
+        last, self.pending = self.pending, b""
+        return [last.decode("utf-8", errors="replace")] if last.startswith(b"data:") else []
 
 
 def _json(data: str) -> dict[str, Any]:

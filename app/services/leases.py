@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import Clock
-from app.providers import deadline_http
+from app.providers import call_deadline
 from app.services.dispatch import Dispatch
 from app.services.run_rows import status_is
 from app.services.runs import RUN_EVENTS_CHANNEL
@@ -136,7 +136,7 @@ class LeaseKeeper:
         if self.stopping.is_set():
             return
         self.stopping.set()
-        deadline_http.set_stop_deadline(time.monotonic() + grace_s)
+        call_deadline.set_stop_deadline(time.monotonic() + grace_s)
         logger.info(
             "stopping: %d run(s) in flight get %.0f s to finish their step", len(self.held()), grace_s
         )

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from app.errors import ProviderError, RunTimeout
+from app.providers import call_deadline
 from app.providers.base import ChatMessage, Completion
 from app.providers.openai import OpenAIProvider
 from tests.support.openai_stub import OpenAIStub
@@ -378,3 +379,40 @@ def test_streaming_can_be_turned_off(stub: OpenAIStub) -> None:
     assert "stream" not in stub.requests[0]
     assert pieces == []
     assert (result.text, result.prompt_tokens, result.cached_tokens) == ("plain", 5, 2)
+
+
+# --- a worker that stops ---------------------------------------------------------------------
+
+
+def test_a_stop_cuts_a_call_already_in_flight_at_its_grace(
+    stub: OpenAIStub, provider: OpenAIProvider
+) -> None:
+    """`set_stop_deadline` moves the cut of calls already waiting on the I/O loop, not only new ones."""
+    stub.hang()
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            complete(provider, timeout_s=30.0)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not stub.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stub.requests, "the call never reached the server"
+        stopped_at = time.monotonic()
+        call_deadline.set_stop_deadline(stopped_at + 0.3)
+        thread.join(0.3 + BUSY_MACHINE_SLACK_S)
+        elapsed = time.monotonic() - stopped_at
+    finally:
+        call_deadline.set_stop_deadline(None)
+    assert not thread.is_alive(), "the call went on past the stop's grace"
+    assert isinstance(outcome[0], RunTimeout)
+    assert 0.25 <= elapsed < 0.3 + BUSY_MACHINE_SLACK_S  # (without the stop: 30 s)
+    # and a call after the stop was lifted has its own deadline again
+    stub.reply_with("after the stop")
+    assert complete(provider).text == "after the stop"
