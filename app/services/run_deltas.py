@@ -17,7 +17,10 @@ every run's entries in one pipeline per round, on one Redis connection. So a pro
 round trips a second for all its runs instead of one per run every `DELTA_FLUSH_S`, and entry
 ids, assigned and written by that one thread, stay increasing per run. `flush` and
 `end_attempt` still return only once their run's pieces are in Redis (or `DELTA_WAIT_S` passed),
-because the step's end event must follow its pieces.
+because the step's end event must follow its pieces; an attempt's end whose pieces are all
+written (its last step's flush wrote them) leaves the expiry to the next round and returns at
+once. Each waiting caller sleeps on a lock of its own, released by the round that served it
+(a condition's `notify_all` woke every waiting thread at every round, hundreds a second).
 """
 
 from __future__ import annotations
@@ -118,9 +121,11 @@ class DeltaPublisher:
         self.wait_s = wait_s
         #: Guards the set of runs, `_due`, the round counters and the flusher's start.
         self._lock = threading.Lock()
-        #: The flusher waits on `_work` (pieces due, a new run), callers on `_written` (a round done).
+        #: The flusher waits on `_work` (pieces due, a new run); each caller waits on a lock of its
+        #: own in `_waiters` (its round, the lock the flusher releases once that round is done), so
+        #: a round wakes only the callers it served, not every thread that waits.
         self._work = threading.Condition(self._lock)
-        self._written = threading.Condition(self._lock)
+        self._waiters: list[tuple[int, threading.Lock]] = []
         self._buffers: dict[uuid.UUID, _Buffer] = {}
         #: Runs whose pieces a caller waits for (`flush`, `end_attempt`) or, with `flush_s` 0, any.
         self._due: set[uuid.UUID] = set()
@@ -168,19 +173,38 @@ class DeltaPublisher:
             buffer = self._buffers.get(run_id)
             if buffer is None:
                 return
-            if ending or buffer.pieces:
-                buffer.ending = buffer.ending or ending
+            if ending:  # the stream's expiry is set by the next round, whether we wait or not
+                buffer.ending = True
                 self._due.add(run_id)
                 self._ensure_flusher()
                 self._work.notify()
+            if buffer.pieces:
+                if not ending:
+                    self._due.add(run_id)
+                    self._ensure_flusher()
+                    self._work.notify()
                 # A round that started already may have missed these pieces: wait for the next.
                 target = self._rounds_started + 1
             elif buffer.taken_in > self._rounds_done:
                 target = buffer.taken_in  # the round writing its last pieces is under way
             else:
-                return
-            if not self._written.wait_for(lambda: self._rounds_done >= target, self.wait_s):
-                logger.warning("run %s: its streamed pieces were not written in time; going on", run_id)
+                return  # every piece is in Redis already (an attempt's end after its last step's)
+            written = threading.Lock()
+            written.acquire()
+            self._waiters.append((target, written))
+        if not written.acquire(timeout=self.wait_s):
+            logger.warning("run %s: its streamed pieces were not written in time; going on", run_id)
+
+    def _release_waiters(self) -> None:
+        """Wake the callers whose round is done. Called with the lock held."""
+        done = self._rounds_done
+        waiting = []
+        for target, written in self._waiters:
+            if target <= done:
+                written.release()
+            else:
+                waiting.append((target, written))
+        self._waiters = waiting
 
     def _ensure_flusher(self) -> None:
         """Start the flusher thread (again, should it have died). Called with the lock held."""
@@ -206,7 +230,7 @@ class DeltaPublisher:
             finally:
                 with self._lock:
                     self._rounds_done = round_number
-                    self._written.notify_all()
+                    self._release_waiters()
 
     def _next_round(self) -> list[tuple[uuid.UUID, _Buffer]] | None:
         """Wait for due runs or the next tick; the runs to look at. None: closed and drained.

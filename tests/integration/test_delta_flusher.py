@@ -162,3 +162,46 @@ def test_a_hung_redis_holds_a_step_end_no_longer_than_the_wait(caplog: pytest.Lo
         finally:
             deltas.close()
     assert any("not written in time" in r.getMessage() for r in caplog.records)
+
+
+def test_an_attempt_whose_pieces_are_written_ends_without_waiting_and_its_stream_still_expires(
+    redis_client: redis.Redis,
+) -> None:
+    """The last step's flush wrote every piece: the attempt's end only has the expiry left to set,
+    which no event waits for, so it hands that to the flusher and returns at once."""
+    deltas = DeltaPublisher(redis_client, flush_s=60)
+    run_id = uuid.uuid4()
+    try:
+        deltas.publish(run_id, 3, _call(1), "all of it")
+        deltas.flush(run_id)  # the step's end: waits until the piece is in Redis
+        assert _entries(redis_client, run_id) == [((3, 1), 1, "all of it")]
+        redis_client.persist(deltas_key(run_id))  # (the first write sets one; the end sets it again)
+        round_before = deltas._rounds_done
+        deltas.end_attempt(run_id)
+        assert deltas._rounds_done == round_before  # returned before the round that sets the expiry
+        deadline = time.monotonic() + 5
+        while redis_client.ttl(deltas_key(run_id)) < 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert DELTA_TTL_S - 5 < redis_client.ttl(deltas_key(run_id)) <= DELTA_TTL_S
+    finally:
+        deltas.close()
+
+
+def test_a_round_wakes_the_callers_it_served_and_only_them(redis_client: redis.Redis) -> None:
+    """Each waiting caller has its own lock; a round releases those whose pieces it wrote."""
+    deltas = DeltaPublisher(redis_client, flush_s=60)
+    runs = [uuid.uuid4() for _ in range(16)]
+    try:
+        threads = []
+        for number, run_id in enumerate(runs):
+            deltas.publish(run_id, 1, _call(0), f"piece {number}")
+            threads.append(threading.Thread(target=deltas.flush, args=(run_id,)))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+        assert not any(thread.is_alive() for thread in threads)
+        assert [_text_of(redis_client, run_id, 0) for run_id in runs] == [f"piece {n}" for n in range(16)]
+        assert deltas._waiters == []  # nobody left waiting, nobody woken for nothing
+    finally:
+        deltas.close()
