@@ -13,7 +13,7 @@ import pytest
 from app.errors import ProviderError, RunTimeout
 from app.providers import call_deadline
 from app.providers.base import ChatMessage, Completion
-from app.providers.openai import OpenAIProvider
+from app.providers.openai import OpenAIProvider, environment_proxy
 from tests.support.openai_stub import OpenAIStub
 
 MESSAGES = [ChatMessage("system", "You are terse."), ChatMessage("user", "Say hello to the tests")]
@@ -416,3 +416,53 @@ def test_a_stop_cuts_a_call_already_in_flight_at_its_grace(
     # and a call after the stop was lifted has its own deadline again
     stub.reply_with("after the stop")
     assert complete(provider).text == "after the stop"
+
+
+# --- proxies --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environment", "url", "expected"),
+    [
+        ({}, "https://api.example.com/v1/chat/completions", None),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "https://api.example.com/v1/x", "http://proxy:3128"),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "http://llm.internal/v1/x", None),
+        ({"HTTP_PROXY": "http://proxy:3128"}, "http://llm.internal/v1/x", "http://proxy:3128"),
+        ({"ALL_PROXY": "http://proxy:3128"}, "http://llm.internal/v1/x", "http://proxy:3128"),
+        (
+            {"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "llm.internal,localhost"},
+            "http://llm.internal/v1/x",
+            None,
+        ),
+        ({"HTTPS_PROXY": "socks5://proxy:1080"}, "https://api.example.com/v1/x", None),
+    ],
+)
+def test_the_proxy_is_the_one_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], url: str, expected: str | None
+) -> None:
+    for name in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "no_proxy",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert environment_proxy(url) == expected
+
+
+def test_requests_go_through_the_environments_proxy(
+    monkeypatch: pytest.MonkeyPatch, stub: OpenAIStub
+) -> None:
+    """The stub, named as the proxy, receives the request in proxy form (the absolute URL)."""
+    monkeypatch.setenv("HTTP_PROXY", stub.base_url.removesuffix("/v1"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with make_provider("http://llm.invalid/v1") as provider, pytest.raises(ProviderError) as raised:
+        complete(provider)  # (the stub does not serve the proxy form, so it answers 404 naming it)
+    assert "unknown path http://llm.invalid/v1/chat/completions" in raised.value.message
