@@ -233,7 +233,11 @@ def _attempt(env: RunEnvironment, claimed: ClaimedRun) -> Outcome:
         on_delta=(
             (
                 lambda call: functools.partial(
-                    deltas.publish, claimed.run_id, journal.start_seqs.get(call.index), call
+                    deltas.publish,
+                    claimed.run_id,
+                    journal.start_seqs.get(call.index),
+                    call,
+                    live=call.index in journal.watched,
                 )
             )
             if deltas is not None

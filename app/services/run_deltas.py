@@ -62,14 +62,16 @@ class _Entry:
     entry_id: str
     index: int
     text: str
+    #: Published on the run's channel too (someone watched the run when its step started).
+    live: bool = True
 
 
 @dataclass(eq=False)
 class _Buffer:
     """One run's pieces on their way to Redis."""
 
-    #: (start seq, step index, piece): appended by the run's thread, taken by the flusher.
-    pieces: deque[tuple[int, int, str]] = field(default_factory=deque)
+    #: (start seq, step index, piece, live): appended by the run's thread, taken by the flusher.
+    pieces: deque[tuple[int, int, str, bool]] = field(default_factory=deque)
     #: The flusher's own: the step of the last entry, its number in that step, the expiry's age.
     start_seq: int = -1
     entries: int = 0
@@ -84,21 +86,22 @@ class _Buffer:
         entries: list[_Entry] = []
         texts: list[str] = []
         index = 0
+        live = True
         for _ in range(len(self.pieces)):  # only what is there now; appends may go on meanwhile
-            start_seq, piece_index, piece = self.pieces.popleft()
+            start_seq, piece_index, piece, live_piece = self.pieces.popleft()
             if start_seq != self.start_seq:
                 if texts:
-                    entries.append(self._entry(index, texts))
+                    entries.append(self._entry(index, texts, live))
                 self.start_seq, self.entries, texts = start_seq, 0, []
-            index = piece_index
+            index, live = piece_index, live_piece
             texts.append(piece)
         if texts:
-            entries.append(self._entry(index, texts))
+            entries.append(self._entry(index, texts, live))
         return entries
 
-    def _entry(self, index: int, texts: list[str]) -> _Entry:
+    def _entry(self, index: int, texts: list[str], live: bool) -> _Entry:
         self.entries += 1
-        return _Entry(f"{self.start_seq}-{self.entries}", index, "".join(texts))
+        return _Entry(f"{self.start_seq}-{self.entries}", index, "".join(texts), live)
 
 
 @dataclass
@@ -135,8 +138,15 @@ class DeltaPublisher:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def publish(self, run_id: uuid.UUID, start_seq: int | None, call: ModelCall, piece: str) -> None:
-        """One piece of step `call`'s answer, which started as event `start_seq`."""
+    def publish(
+        self, run_id: uuid.UUID, start_seq: int | None, call: ModelCall, piece: str, *, live: bool = True
+    ) -> None:
+        """One piece of step `call`'s answer, which started as event `start_seq`.
+
+        `live`: also publish it on the run's channel, for live event streams. False when nobody
+        watched the run as the step started: the piece still goes to the run's stream, where an
+        event stream that starts watching mid-step reads it, at the latest with the step's end.
+        """
         if start_seq is None or not piece:
             return
         buffer = self._buffers.get(run_id)
@@ -145,7 +155,7 @@ class DeltaPublisher:
                 buffer = self._buffers.setdefault(run_id, _Buffer())
                 self._ensure_flusher()
                 self._work.notify()  # an idle flusher starts ticking
-        buffer.pieces.append((start_seq, call.index, piece))
+        buffer.pieces.append((start_seq, call.index, piece, live))
         if self.flush_s <= 0:
             with self._lock:
                 self._due.add(run_id)
@@ -286,9 +296,10 @@ class DeltaPublisher:
                     maxlen=DELTA_STREAM_MAXLEN,
                     approximate=True,
                 )
-                pipe.publish(
-                    channel, json.dumps({"id": entry.entry_id, "index": entry.index, "text": entry.text})
-                )
+                if entry.live:
+                    pipe.publish(
+                        channel, json.dumps({"id": entry.entry_id, "index": entry.index, "text": entry.text})
+                    )
             if write.expire:
                 pipe.expire(key, DELTA_TTL_S)
         try:

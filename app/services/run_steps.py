@@ -71,7 +71,8 @@ _START = text(
     )
     SELECT (SELECT seq FROM step),
            CASE WHEN watched AND NOT cancel_requested THEN pg_notify(:channel, CAST(id AS text)) END,
-           cancel_requested
+           cancel_requested,
+           watched
       FROM run
     """
 )
@@ -144,6 +145,8 @@ class PostgresJournal:
         self.clock = clock
         #: Event number of each running step's start (its live deltas are numbered after it).
         self.start_seqs: dict[int, int] = {}
+        #: The running steps whose run someone watched as they started (their deltas go live).
+        self.watched: set[int] = set()
 
     def completed_outputs(self) -> Mapping[int, str]:
         if not self.resuming:
@@ -167,6 +170,10 @@ class PostgresJournal:
         if row[2]:
             raise RunCancelled("the run was cancelled")
         self.start_seqs[call.index] = self._seq(row)
+        if row[3]:
+            self.watched.add(call.index)
+        else:
+            self.watched.discard(call.index)
 
     def complete(self, call: ModelCall, completion: Completion, latency_ms: int) -> None:
         self._end(

@@ -205,3 +205,26 @@ def test_a_round_wakes_the_callers_it_served_and_only_them(redis_client: redis.R
         assert deltas._waiters == []  # nobody left waiting, nobody woken for nothing
     finally:
         deltas.close()
+
+
+def test_pieces_of_a_step_nobody_watched_go_to_the_stream_only(
+    publisher: DeltaPublisher, redis_client: redis.Redis
+) -> None:
+    """No PUBLISH for a step whose run nobody watched as it started; the next, watched, step's
+    pieces are published again."""
+    run_id = uuid.uuid4()
+    pubsub = redis_client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe(deltas_channel(run_id))
+    try:
+        assert pubsub.get_message(timeout=2) is not None  # the subscription's confirmation
+        publisher.publish(run_id, 2, _call(0), "quiet ", live=False)
+        publisher.publish(run_id, 2, _call(0), "piece", live=False)
+        publisher.flush(run_id)
+        assert _entries(redis_client, run_id) == [((2, 1), 0, "quiet piece")]
+        assert pubsub.get_message(timeout=0.3) is None
+        publisher.publish(run_id, 5, _call(1), "watched")
+        message = pubsub.get_message(timeout=2)
+        assert message is not None
+        assert message["data"] == b'{"id": "5-1", "index": 1, "text": "watched"}'
+    finally:
+        pubsub.close()

@@ -241,3 +241,51 @@ def test_two_hundred_clients_connecting_and_dropping_leave_no_watch_or_subscript
             redis_client.pubsub_numsub(deltas_channel(run_id)),
         )
         time.sleep(0.1)
+
+
+def _running_step(session_factory, run_id: uuid.UUID) -> int | None:
+    from sqlalchemy import text
+
+    with session_factory() as session:
+        return session.execute(
+            text("SELECT max(index) FROM run_steps WHERE run_id = :r AND status = 'running'"), {"r": run_id}
+        ).scalar()
+
+
+def test_a_run_nobody_watches_publishes_no_deltas_and_a_stream_joining_mid_step_still_gets_them_all(
+    live_api, make_account, session_factory, stub, streaming_worker, redis_client
+):
+    """Pieces of a step nobody watched as it started go to the run's Redis stream only (no
+    PUBLISH); an event stream that starts watching during that step reads them from the stream,
+    all of them in order before the step's end, and the next steps' pieces arrive live."""
+    account = make_account()
+    stub.streaming.piece_delay_s = 0.15
+    run_id = queue_run(session_factory, account.user_id, GOAL)
+    channel = redis_client.pubsub()  # a subscriber of our own: it does not make the run watched
+    channel.subscribe(deltas_channel(run_id))
+    try:
+        assert channel.get_message(timeout=2) is not None
+        streaming_worker()
+        deadline = time.monotonic() + 30
+        while _running_step(session_factory, run_id) != 1:  # the first step after the plan
+            assert time.monotonic() < deadline, "step 1 never started"
+            time.sleep(0.02)
+        unwatched = [m for m in iter(lambda: channel.get_message(timeout=0.1), None)]
+        url = f"{live_api.base_url}/api/runs/{run_id}/events"
+        with httpx.Client(timeout=30) as http, http.stream("GET", url, headers=account.headers) as response:
+            live = read_events(response)
+    finally:
+        channel.close()
+    assert unwatched == []  # the plan's and step 1's pieces so far: in the stream, not published
+    steps = {(e.data["index"], e.data["status"]): i for i, e in enumerate(live) if e.event == "step"}
+    for index in (1, 2, 3):
+        pieces = [
+            (i, e.data["text"]) for i, e in enumerate(live) if e.event == "delta" and e.data["index"] == index
+        ]
+        end = steps[(index, "completed")]
+        assert pieces
+        assert all(i < end for i, _ in pieces)
+        assert "".join(text for _, text in pieces) == live[end].data["output"]
+    ids = _ids(live[:-1])
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
