@@ -18,10 +18,9 @@ from markupsafe import escape
 from api.dashboard.render import is_fragment_request, page
 from api.dashboard.web import BASE_PATH, signed_in
 from api.state import ApiState, state_of
-from app.services import dashboard, run_control, tasks
+from app.services import dashboard, run_control
 from app.services.dashboard_sessions import SignedIn
-from app.services.run_steps import steps_after
-from app.services.run_stream import RunEvent, Snapshot, parse_event_id
+from app.services.run_stream import RunEvent, Snapshot, parse_event_id, read_watched
 from app.services.run_stream import run_events as stream_run_events
 
 USER = {"user": Provide(signed_in, sync_to_thread=True)}
@@ -55,9 +54,7 @@ def run_body(
 
 
 def _read(state: ApiState, user: SignedIn, run_id: uuid.UUID, after_seq: int) -> Snapshot:
-    with state.session_factory() as session:
-        run = tasks.get_run(session, user.user_id, run_id)
-        return Snapshot(run, list(steps_after(session, run_id, after_seq)))
+    return read_watched(state.session_factory, user.user_id, run_id, after_seq, state.clock.now())
 
 
 @get(f"{BASE_PATH}/runs/{{run_id:uuid}}/events", dependencies=USER, include_in_schema=False)

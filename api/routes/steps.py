@@ -21,8 +21,8 @@ from api.schemas.steps import StepsPage, step_view
 from api.schemas.views import run_view
 from api.state import state_of
 from app.services import tasks
-from app.services.run_steps import list_steps, steps_after, watch_run
-from app.services.run_stream import RunEvent, Snapshot, parse_event_id, run_events
+from app.services.run_steps import list_steps
+from app.services.run_stream import RunEvent, Snapshot, parse_event_id, read_watched, run_events
 
 LastEventId = Annotated[
     str | None,
@@ -65,13 +65,7 @@ async def get_run_events(
     state = state_of(request)
 
     def read(after_seq: int) -> Snapshot:
-        # First mark the run watched (its writes notify from then on), then read it: a write
-        # either notifies or is in what is read.
-        with state.session_factory.begin() as session:
-            watch_run(session, user_id, run_id, state.clock.now())
-        with state.session_factory() as session:
-            run = tasks.get_run(session, user_id, run_id)
-            return Snapshot(run, list(steps_after(session, run_id, after_seq)))
+        return read_watched(state.session_factory, user_id, run_id, after_seq, state.clock.now())
 
     async def read_async(after_seq: int) -> Snapshot:
         return await anyio.to_thread.run_sync(read, after_seq)

@@ -15,14 +15,18 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from redis.exceptions import RedisError
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.models import RunStep, TaskRun
 from app.models.enums import FINAL_RUN_STATUSES, StepStatus
+from app.services import tasks
 from app.services.run_deltas import deltas_key
 from app.services.run_feed import Delta, Poke, RunFeed, Watch
+from app.services.run_steps import steps_after, watch_run
 
 #: An idle stream sends a comment this often, so proxies keep it open (seconds).
 KEEPALIVE_S = 15.0
@@ -43,6 +47,22 @@ class Snapshot:
     run: TaskRun
     #: The run's steps written after the event number asked for, in the order written.
     steps: Sequence[RunStep]
+
+
+def read_watched(
+    session_factory: sessionmaker[Session],
+    user_id: uuid.UUID,
+    run_id: uuid.UUID,
+    after_seq: int,
+    now: datetime,
+) -> Snapshot:
+    """Mark the run watched (its writes notify, and its steps' pieces are published, from then
+    on), then read it: a write either notifies or is in what is read. NotFound for a stranger's run."""
+    with session_factory.begin() as session:
+        watch_run(session, user_id, run_id, now)
+    with session_factory() as session:
+        run = tasks.get_run(session, user_id, run_id)
+        return Snapshot(run, list(steps_after(session, run_id, after_seq)))
 
 
 #: Reads the run and its steps written after an event number (raises NotFound for a stranger).
