@@ -30,15 +30,12 @@ script reports them as stuck and stops waiting after --stall seconds without pro
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +60,6 @@ from benchmarks.common import (
     lost_messages,
     machine_note,
     make_bench_engine,
-    median,
     peak_rss_mb,
     pg_backend_pids,
     pg_connections_in_use,
@@ -80,72 +76,24 @@ from benchmarks.common import (
     wait_for_port,
     worker_pids,
 )
-
-GOAL_IN_FLIGHT = 512
-GOAL_SHARE_OF_IDEAL = 0.90
-GOAL_RSS_MB = 300.0
-BENCH_ROLE = "agentsched_bench"
-PRIORITY = "medium"
-FINISHED = ("completed", "failed", "cancelled", "skipped")
-#: A run 'running' for longer than this (several times its ideal latency) is not executing.
-STALE_RUNNING_S = 30
-#: What a worker thread is doing, by the first matching frame of its stack (py-spy dump).
-THREAD_STATES = (
-    ("waiting for a pooled Postgres connection", "QueuePool._do_get"),
-    ("in a model call", "OpenAIProvider.complete"),
-    ("opening a Postgres connection", "create_engine.<locals>.connect"),
-    ("in a Postgres round trip", "psycopg/"),
-    ("idle: no message to run", "WorkerThread.run"),
-    ("Dramatiq consumer", "ConsumerThread.run"),
+from benchmarks.inflight_model import (
+    BENCH_ROLE,
+    FINISHED,
+    PRIORITY,
+    STALE_RUNNING_S,
+    THREAD_STATES,
+    Result,
+    Sample,
 )
-
-
-@dataclass
-class Sample:
-    t: float
-    running: int
-    #: Of those, runs started more than STALE_RUNNING_S ago: stuck (their attempt failed to record
-    #: its outcome), not executing.
-    stale: int
-    #: Queued runs parked by their user's concurrency limit (waiting for a slot, no message).
-    parked: int
-    finished: int
-    queued: int
-    model_in_flight: int
-    model_answered: int
-    #: The model server's counters: seconds serving answered calls, event loop lag (sum, ticks).
-    model_served_s: float
-    model_lag_s: float
-    model_lag_ticks: int
-    rss_mb: list[float]
-    connections: int
-    consumers: int
-
-
-@dataclass
-class Result:
-    label: str
-    samples: list[Sample] = field(default_factory=list)
-    statuses: dict[str, int] = field(default_factory=dict)
-    peak_rss_mb: list[float] = field(default_factory=list)
-    latency_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    step_latency_ms: float = 0.0
-    timeline_s: tuple[float, ...] = ()
-    #: From --pool-holds: check-outs a second per process, mean, p50, p99 hold (ms).
-    pool_holds: tuple[float, float, float, float] | None = None
-    errors: dict[str, int] = field(default_factory=dict)
-    worker_log: Path | None = None
-    threads: collections.Counter[str] = field(default_factory=collections.Counter)
-    dumps: int = 0
-    dump_s: float = 0.0
-    failed_dumps: int = 0
-    cpu_s: dict[str, float] = field(default_factory=dict)
-    cpu_window: tuple[float, int] = (0.0, 0)
-    sessions_opened: int = 0
-    notes: list[str] = field(default_factory=list)
-
-
-# --- the role with a connection limit -------------------------------------------------------------
+from benchmarks.inflight_probes import (
+    latencies,
+    log_errors,
+    pool_holds,
+    pool_holds_probe,
+    run_timeline,
+    step_latency_ms,
+)
+from benchmarks.inflight_report import report
 
 
 def _admin(sql: str, database_url: str | None = None) -> None:
@@ -226,7 +174,7 @@ def run_scenario(
             env["AGENT_WORKER_CONCURRENCY"] = concurrency_env
         module = args.worker_module
         if args.pool_holds:
-            module = _pool_holds_probe(logs, module)
+            module = pool_holds_probe(logs, module)
             env["PYTHONPATH"] = os.pathsep.join((str(logs), env.get("PYTHONPATH", "")))
         worker = dramatiq_worker(module, args.processes, args.threads, env, logs / f"worker-{tag}.log")
         started.append(worker.start())
@@ -237,11 +185,11 @@ def run_scenario(
     lost = lost_messages(result.statuses)
     if lost:
         result.notes.append(lost)
-    result.latency_s = _latencies(engine)
-    result.step_latency_ms = _step_latency_ms(engine)
-    result.timeline_s = _run_timeline(engine)
-    result.errors = _log_errors(result.worker_log)
-    result.pool_holds = _pool_holds(result.worker_log)
+    result.latency_s = latencies(engine)
+    result.step_latency_ms = step_latency_ms(engine)
+    result.timeline_s = run_timeline(engine)
+    result.errors = log_errors(result.worker_log)
+    result.pool_holds = pool_holds(result.worker_log)
     return result
 
 
@@ -383,323 +331,6 @@ def _census(worker: Child, result: Result) -> None:
         else:
             result.threads["other"] += 1
     result.dumps += 1
-
-
-def _latencies(engine: Any) -> tuple[float, float, float]:
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        row = conn.execute(
-            text(
-                """
-                SELECT percentile_cont(0.5)
-                           WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)),
-                       percentile_cont(0.99)
-                           WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)),
-                       avg(extract(epoch FROM started_at - queued_at))
-                  FROM task_runs WHERE status = 'completed'
-                """
-            )
-        ).one()
-    p50, p99, wait = (float(v or 0.0) for v in row)
-    return p50, p99, wait
-
-
-_RUN_TIMELINE = """
-WITH s AS (
-    SELECT s.run_id, s.index, s.started_at, s.finished_at, s.latency_ms,
-           lag(s.finished_at) OVER (PARTITION BY s.run_id ORDER BY s.index) AS previous_end,
-           r.started_at AS run_started, r.finished_at AS run_finished,
-           s.index = max(s.index) OVER (PARTITION BY s.run_id) AS last
-      FROM run_steps AS s JOIN task_runs AS r ON r.id = s.run_id
-     WHERE s.status = 'completed' AND r.status = 'completed' AND r.attempts = 1
-)
-SELECT avg(extract(epoch FROM started_at - run_started)) FILTER (WHERE index = 0),
-       avg(extract(epoch FROM finished_at - started_at) - latency_ms / 1000.0),
-       avg(latency_ms / 1000.0),
-       avg(extract(epoch FROM started_at - previous_end)) FILTER (WHERE index > 0),
-       avg(extract(epoch FROM run_finished - finished_at)) FILTER (WHERE last)
-  FROM s
-"""
-
-
-def _run_timeline(engine: Any) -> tuple[float, ...]:
-    """Mean seconds a run spends: claim to its first step, a step outside its model call (its
-    start written, the deltas flushed), in the call, from a step's end to the next one's start
-    (the end written), from the last step's end to the run's end (the finish written)."""
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        row = conn.execute(text(_RUN_TIMELINE)).one()
-    return tuple(float(value or 0.0) for value in row)
-
-
-def _step_latency_ms(engine: Any) -> float:
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        value = conn.execute(
-            text("SELECT avg(latency_ms) FROM run_steps WHERE status = 'completed'")
-        ).scalar_one()
-    return float(value or 0.0)
-
-
-# A module `dramatiq` imports instead of the worker module: it imports that module, then logs
-# how long each pooled Postgres connection stays checked out, every _HOLDS_EVERY_S seconds.
-_POOL_HOLDS_PROBE = """\
-import logging, threading, time
-from sqlalchemy import event
-from sqlalchemy.pool import Pool
-from {module} import *  # noqa: F403
-from {module} import broker  # noqa: F401
-
-_holds, _lock, _log = [], threading.Lock(), logging.getLogger("pool_holds")
-
-
-@event.listens_for(Pool, "checkout")
-def _out(dbapi_connection, record, proxy):
-    record.info["out_at"] = time.monotonic()
-
-
-@event.listens_for(Pool, "checkin")
-def _in(dbapi_connection, record):
-    out = record.info.pop("out_at", None)
-    if out is not None:
-        with _lock:
-            _holds.append(time.monotonic() - out)
-
-
-def _report():
-    while True:
-        time.sleep({every})
-        with _lock:
-            holds = sorted(_holds)
-            _holds.clear()
-        if holds:
-            _log.warning("pool holds: %d %.3f %.3f %.3f", len(holds), 1000 * sum(holds) / len(holds),
-                         1000 * holds[len(holds) // 2], 1000 * holds[int(len(holds) * 0.99)])
-
-
-threading.Thread(target=_report, name="pool-holds", daemon=True).start()
-"""
-_HOLDS_EVERY_S = 5
-_HOLDS_LINE = re.compile(r"pool holds: (\d+) ([\d.]+) ([\d.]+) ([\d.]+)")
-
-
-def _pool_holds_probe(logs: Path, module: str) -> str:
-    (logs / "pool_holds_probe.py").write_text(_POOL_HOLDS_PROBE.format(module=module, every=_HOLDS_EVERY_S))
-    return "pool_holds_probe"
-
-
-def _pool_holds(path: Path | None) -> tuple[float, float, float, float] | None:
-    """The busiest half of the probe's 5 s reports (the steady state), averaged over processes."""
-    if path is None or not path.exists():
-        return None
-    reports = [
-        tuple(float(v) for v in m.groups()) for m in _HOLDS_LINE.finditer(path.read_text(errors="replace"))
-    ]
-    if not reports:
-        return None
-    busiest = sorted(reports, key=lambda r: -r[0])[: max(1, len(reports) // 2)]
-    count = sum(r[0] for r in busiest)
-    return (
-        count / len(busiest) / _HOLDS_EVERY_S,
-        sum(r[0] * r[1] for r in busiest) / count,
-        sum(r[0] * r[2] for r in busiest) / count,
-        max(r[3] for r in busiest),
-    )
-
-
-_ERROR_PATTERNS = {
-    "too many connections": re.compile(r"too many (connections|clients)", re.I),
-    "pool timeout (QueuePool limit reached)": re.compile(r"QueuePool limit", re.I),
-    "actor failed, will retry": re.compile(r"Retrying message", re.I),
-    "model call errors": re.compile(r"could not reach the model provider|model provider answered HTTP", re.I),
-    "tracebacks": re.compile(r"^Traceback", re.M),
-}
-
-
-def _log_errors(path: Path | None) -> dict[str, int]:
-    if path is None or not path.exists():
-        return {}
-    text = path.read_text(errors="replace")
-    return {name: len(pattern.findall(text)) for name, pattern in _ERROR_PATTERNS.items()}
-
-
-# --- reporting ------------------------------------------------------------------------------------
-
-
-def report(args: argparse.Namespace, result: Result) -> dict[str, float]:
-    samples = result.samples
-    total_threads = args.processes * args.threads
-    print(f"\n== {result.label}: {args.runs:,} runs, model delay {args.delay:g} s")
-    figures: dict[str, float] = {}
-    if not samples:
-        print("   no samples")
-        return figures
-    print(f"   statuses: {result.statuses}")
-    start = next((s for s in samples if s.finished >= 0.1 * args.runs), None)
-    end = next((s for s in samples if s.finished >= args.runs - total_threads), samples[-1])
-    # Plan, two steps, final answer: what the model server's plan makes a run do. Measured over the
-    # whole run when every run finished (the steady window's edges cut runs in half).
-    calls_per_run = 4.0
-    finished_all, answered_all = samples[-1].finished, samples[-1].model_answered
-    if finished_all >= args.runs and answered_all > 0:
-        calls_per_run = answered_all / finished_all
-    ideal_latency = calls_per_run * args.delay
-    ideal = total_threads / ideal_latency
-    if start is None or end.t <= start.t:
-        print("   no steady state reached (too few runs finished, or too few runs for the threads)")
-    else:
-        window = [s for s in samples if start.t <= s.t <= end.t]
-        rate = (end.finished - start.finished) / (end.t - start.t)
-        # A thread runs one run at a time: more 'running' rows than threads are stuck ones.
-        running = median([min(s.running - s.stale, total_threads) for s in window])
-        model = median([s.model_in_flight for s in window])
-        figures = {"rate": rate, "ideal": ideal, "running": running, "model": model}
-        print(f"   steady state ({end.t - start.t:.1f} s, {start.finished:,}..{end.finished:,} finished):")
-        print(
-            f"     throughput {rate:.1f} runs/s = {100 * rate / ideal:.0f}% of ideal {ideal:.1f} runs/s "
-            f"({total_threads} threads / ({calls_per_run:.2f} calls x {args.delay:g} s))"
-        )
-        print(
-            f"     runs in flight (status running, less stuck ones): median {running:.0f}, "
-            f"max {max(min(s.running - s.stale, total_threads) for s in window)}; "
-            f"model calls in flight: median {model:.0f}, "
-            f"max {max(s.model_in_flight for s in window)}"
-        )
-        print(
-            f"     runs parked by the per-user limit ({args.users} users): median "
-            f"{median([s.parked for s in window]):.0f}, max {max(s.parked for s in window)}"
-        )
-        stuck = max(max(s.running - total_threads, s.stale) for s in window)
-        if stuck > 0:
-            print(
-                f"     plus up to {stuck} runs stuck 'running' (beyond the threads, or started over "
-                f"{STALE_RUNNING_S} s ago)"
-            )
-        _report_model_time(args, start, end, result.step_latency_ms, rate, total_threads / calls_per_run)
-        verdict = running >= GOAL_IN_FLIGHT and rate >= GOAL_SHARE_OF_IDEAL * ideal
-        print(
-            f"     goal >= {GOAL_IN_FLIGHT} in flight at >= {GOAL_SHARE_OF_IDEAL:.0%} of ideal: "
-            f"{'met' if verdict else 'NOT met'}"
-        )
-    p50, p99, queued_wait = result.latency_s
-    print(
-        f"   one run, claimed to finished: p50 {p50:.2f} s, p99 {p99:.2f} s (ideal {ideal_latency:.2f} s); "
-        f"mean wait in queue {queued_wait:.1f} s"
-    )
-    if result.timeline_s:
-        claim, around, call, between, finish = result.timeline_s
-        print(
-            f"   a run's time, mean s: claim to first step {claim:.3f}; per step: in the model call "
-            f"{call:.3f}, outside it (start written, deltas flushed) {around:.3f}; step end to next "
-            f"start {between:.3f}; last step to run end {finish:.3f}"
-        )
-    if result.pool_holds is not None:
-        rate, mean_ms, p50_ms, p99_ms = result.pool_holds
-        print(
-            f"   pooled Postgres connections (--pool-holds, busiest reports): {rate:.0f} check-outs a "
-            f"second per process, each held {mean_ms:.1f} ms on average (p50 {p50_ms:.1f}, "
-            f"p99 up to {p99_ms:.0f})"
-        )
-    _report_threads(result)
-    _report_cpu(result)
-    columns = max(len(s.rss_mb) for s in samples)
-    sampled = [max(s.rss_mb[i] for s in samples if len(s.rss_mb) > i) for i in range(columns)]
-    print(
-        f"   RSS per worker process: peak (VmHWM) {', '.join(f'{m:.0f}' for m in result.peak_rss_mb)} MiB; "
-        f"largest sampled {', '.join(f'{m:.0f}' for m in sampled)} MiB (goal <= {GOAL_RSS_MB:.0f} MiB)"
-    )
-    print(
-        f"   Postgres connections to the benchmark db: max {max(s.connections for s in samples)} "
-        f"(max_connections {pg_setting('max_connections')}, worker role limit "
-        f"{args.role_connection_limit or 'none'})"
-    )
-    errors = {k: v for k, v in result.errors.items() if v}
-    print(f"   worker log: {result.worker_log}; {errors or 'no errors'}")
-    intruders = max(s.consumers for s in samples) - args.processes - 1  # and our enqueuing broker
-    if intruders > 0:
-        print(
-            f"   WARNING: {intruders} Dramatiq consumer(s) besides ours used Redis db 12 during the run; "
-            "they take messages away (runs stay queued): the figures are not valid"
-        )
-    for note in result.notes:
-        print(f"   NOTE: {note}")
-    if args.timeline:
-        _print_timeline(samples)
-    return figures
-
-
-def _report_model_time(
-    args: argparse.Namespace,
-    start: Sample,
-    end: Sample,
-    step_latency_ms: float,
-    rate: float,
-    calls_per_s: float,
-) -> None:
-    """Where a model call's time goes: the server's side (a starved server stretches the delay)
-    against the workers' (a step's latency_ms: from the request to the answer's last piece read)."""
-    answered = end.model_answered - start.model_answered
-    ticks = end.model_lag_ticks - start.model_lag_ticks
-    if answered <= 0 or ticks <= 0:
-        return
-    served = (end.model_served_s - start.model_served_s) / answered
-    lag_ms = 1000 * (end.model_lag_s - start.model_lag_s) / ticks
-    print(
-        f"     a model call: {served:.2f} s at the server (delay {args.delay:g} s; its loop's timers "
-        f"{lag_ms:.1f} ms late on average), {step_latency_ms / 1000:.2f} s in the worker (steps' "
-        f"latency, mean)"
-    )
-    if served > args.delay:
-        print(
-            f"     (at the server's own {served:.2f} s a call the ideal is "
-            f"{calls_per_s / served:.1f} runs/s; the workers reached "
-            f"{100 * rate * served / calls_per_s:.0f}% of that)"
-        )
-
-
-def _report_threads(result: Result) -> None:
-    if not result.dumps:
-        return
-    threads = sum(result.threads.values()) / result.dumps
-    print(
-        f"   worker threads of one process, mean of {result.dumps} py-spy dumps in the steady state "
-        f"({threads:.0f} threads; {result.dump_s / (result.dumps + result.failed_dumps):.1f} s a dump, "
-        f"{result.failed_dumps} failed):"
-    )
-    for state, count in result.threads.most_common():
-        print(f"     {count / result.dumps:6.1f}  {state}")
-
-
-def _report_cpu(result: Result) -> None:
-    seconds, runs = result.cpu_window
-    if not result.cpu_s or not runs:
-        return
-    total = sum(result.cpu_s.values())
-    print(f"   CPU in the steady state ({seconds:.1f} s, {runs:,} runs), per run:")
-    for name, cpu in sorted(result.cpu_s.items(), key=lambda item: -item[1]):
-        print(f"     {1000 * cpu / runs:7.2f} ms  {name}")
-    print(
-        f"     {1000 * total / runs:7.2f} ms  total = {total / seconds:.2f} of the machine's "
-        f"2 cores busy with this benchmark"
-    )
-    if result.sessions_opened:
-        print(
-            f"   Postgres connections opened in the steady state: {result.sessions_opened:,} "
-            f"({result.sessions_opened / runs:.1f} a run: pool overflow connections closed and reopened)"
-        )
-
-
-def _print_timeline(samples: list[Sample]) -> None:
-    print("   timeline: t(s) running finished queued model_in_flight connections rss(MiB)")
-    t0 = samples[0].t
-    for s in samples[:: max(1, len(samples) // 40)]:
-        print(
-            f"     {s.t - t0:6.1f} {s.running:5d} {s.finished:6d} {s.queued:6d} {s.model_in_flight:5d} "
-            f"{s.connections:4d}  {' '.join(f'{m:.0f}' for m in s.rss_mb)}"
-        )
 
 
 def _drop_everything(args: argparse.Namespace) -> None:
