@@ -12,7 +12,6 @@ loop thread does not survive a fork).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import threading
 from collections.abc import Coroutine
@@ -52,11 +51,6 @@ def _serve(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
     loop.run_forever()
 
 
-def submit(coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-    """Run the coroutine on the I/O loop; its future, for the calling thread to wait on."""
-    return asyncio.run_coroutine_threadsafe(coroutine, io_loop())
-
-
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run the coroutine on the I/O loop and wait for its result in this thread.
 
@@ -66,7 +60,7 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     if threading.current_thread().name == LOOP_THREAD_NAME:
         coroutine.close()
         raise RuntimeError("io_loop.run called from the I/O loop itself (it would wait forever)")
-    future = submit(coroutine)
+    future = asyncio.run_coroutine_threadsafe(coroutine, io_loop())
     try:
         return future.result()
     except BaseException:

@@ -11,7 +11,7 @@ fails, retryably, and the step is redone.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +29,19 @@ class StreamedAnswer:
     pieces: list[str] = field(default_factory=list)
 
 
-def read_chat_stream(lines: Iterator[str], on_delta: DeltaCallback | None, max_chars: int) -> StreamedAnswer:
-    """The answer of an event stream, calling `on_delta` with each piece as it arrives."""
-    reader = ChatStreamReader(on_delta, max_chars)
-    for line in lines:
+async def read_chat_stream(
+    chunks: AsyncIterable[bytes], on_delta: DeltaCallback | None, max_bytes: int
+) -> StreamedAnswer:
+    """The answer of an event stream's body, calling `on_delta` with each piece as it arrives.
+
+    No line may exceed `max_bytes` bytes, nor the answer `max_bytes` characters.
+    """
+    lines = DataLines(max_bytes)
+    reader = ChatStreamReader(on_delta, max_bytes)
+    async for chunk in chunks:
+        for line in lines.feed(chunk):
+            reader.feed(line)
+    for line in lines.finish():
         reader.feed(line)
     return reader.finish()
 

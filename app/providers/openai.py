@@ -24,7 +24,7 @@ import logging
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 import aiohttp
@@ -39,7 +39,7 @@ from app.providers.base import (
     estimate_tokens,
 )
 from app.providers.call_deadline import cut_at
-from app.providers.chat_stream import ChatStreamReader, DataLines
+from app.providers.chat_stream import read_chat_stream
 from app.providers.rate_headers import provider_error_code, rate_limit_wait_s
 
 logger = logging.getLogger(__name__)
@@ -94,14 +94,6 @@ def environment_proxy(url: str) -> str | None:
 def _is_event_stream(headers: Mapping[str, str]) -> bool:
     content_type = str(headers.get("content-type", ""))
     return content_type.split(";")[0].strip().lower() == "text/event-stream"
-
-
-def _data_lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    """The `data:` lines of an event stream's chunks (`DataLines`, for chunks already at hand)."""
-    lines = DataLines(MAX_RESPONSE_BYTES)
-    for chunk in chunks:
-        yield from lines.feed(chunk)
-    yield from lines.finish()
 
 
 async def _read_body(response: aiohttp.ClientResponse) -> bytes:
@@ -237,14 +229,7 @@ class OpenAIProvider:
         chosen: str,
         messages: Sequence[ChatMessage],
     ) -> Completion:
-        lines = DataLines(MAX_RESPONSE_BYTES)
-        reader = ChatStreamReader(on_delta, MAX_RESPONSE_BYTES)
-        async for chunk in response.content.iter_any():
-            for line in lines.feed(chunk):
-                reader.feed(line)
-        for line in lines.finish():
-            reader.feed(line)
-        streamed = reader.finish()
+        streamed = await read_chat_stream(response.content.iter_any(), on_delta, MAX_RESPONSE_BYTES)
         return self._completion(streamed.text, streamed.usage, streamed.model, chosen, messages)
 
     def _status_error(

@@ -183,16 +183,12 @@ class DeltaPublisher:
             buffer = self._buffers.get(run_id)
             if buffer is None:
                 return
-            if ending:  # the stream's expiry is set by the next round, whether we wait or not
-                buffer.ending = True
+            buffer.ending = buffer.ending or ending
+            if ending or buffer.pieces:  # (the expiry is set by the next round, waited for or not)
                 self._due.add(run_id)
                 self._ensure_flusher()
                 self._work.notify()
             if buffer.pieces:
-                if not ending:
-                    self._due.add(run_id)
-                    self._ensure_flusher()
-                    self._work.notify()
                 # A round that started already may have missed these pieces: wait for the next.
                 target = self._rounds_started + 1
             elif buffer.taken_in > self._rounds_done:
