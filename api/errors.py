@@ -41,7 +41,7 @@ from app.errors import (
     NotAuthenticated,
     NotFound,
     RateLimited,
-    RunNotSent,
+    RunsNotSent,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ STATUS_BY_ERROR: dict[type[AppError], int] = {
     Conflict: HTTP_409_CONFLICT,
     IdempotencyKeyReused: HTTP_422_UNPROCESSABLE_ENTITY,
     RateLimited: HTTP_429_TOO_MANY_REQUESTS,
-    RunNotSent: HTTP_503_SERVICE_UNAVAILABLE,
+    RunsNotSent: HTTP_503_SERVICE_UNAVAILABLE,
 }
 
 #: Errors that mean Postgres or Redis cannot be reached (or is restarting) right now.
@@ -110,7 +110,7 @@ def app_error_handler(request: Request[Any, Any, Any], exc: AppError) -> Respons
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, RateLimited):
         headers = {"Retry-After": str(exc.retry_after_s), **exc.headers}
-    if isinstance(exc, RunNotSent):  # the run is saved; Redis is down, as for `unavailable_handler`
+    if isinstance(exc, RunsNotSent):  # the runs are saved; Redis is down, as for `unavailable_handler`
         logger.warning("%s %s 503 unavailable: %s", request.method, request.url.path, exc.message)
         headers["Retry-After"] = str(RETRY_AFTER_S)
     if status == HTTP_500_INTERNAL_SERVER_ERROR:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,7 @@ from litestar.connection import ASGIConnection
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import SYSTEM_CLOCK, Clock
-from app.errors import RunNotSent
+from app.errors import RunNotSent, RunsNotSent
 from app.services.dispatch import Dispatch
 from app.services.run_events import RunWaiter
 from app.services.run_feed import RunFeed
@@ -83,11 +83,49 @@ def state_of(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiState:
     return state
 
 
+def unsent_runs(dispatches: Sequence[Dispatch], sent: Sent) -> list[uuid.UUID]:
+    """The runs of `dispatches` whose message did not reach Redis, `sent` being what the sender
+    answered for them. (A run held by its user's concurrency limit has no message yet: it is
+    not among `dispatches`.)"""
+    if len(sent) == len(dispatches):  # a sender answers only runs it was given, each once
+        return []
+    sent_runs = {run_id for run_id, _ in sent}
+    return [dispatch.run_id for dispatch in dispatches if dispatch.run_id not in sent_runs]
+
+
 def ensure_sent(dispatches: Sequence[Dispatch], sent: Sent, task_id: uuid.UUID, status: str) -> None:
     """`RunNotSent` (a 503) unless every run message reached Redis: CONTRACT "When a dependency
-    is down" answers 503 while Redis is unreachable, though the run itself is saved. (A run held
-    by its user's concurrency limit has no message yet: nothing to check.)"""
-    sent_runs = {run_id for run_id, _ in sent}
-    for dispatch in dispatches:
-        if dispatch.run_id not in sent_runs:
-            raise RunNotSent(task_id, dispatch.run_id, status)
+    is down" answers 503 while Redis is unreachable, though the run itself is saved."""
+    unsent = unsent_runs(dispatches, sent)
+    if unsent:
+        raise RunNotSent(task_id, unsent[0], status)
+
+
+def ensure_all_sent(batches: Iterable[tuple[Sequence[Dispatch], Sent]], *, repeat: str) -> None:
+    """`RunsNotSent` (a 503, as `ensure_sent`) unless every message of runs of many tasks (a bulk
+    action, a scheduling pass) reached Redis; `batches` pairs what was given to the sender with
+    what it answered. `repeat` says what the same request again would do."""
+    unsent = [run_id for dispatches, sent in batches for run_id in unsent_runs(dispatches, sent)]
+    if unsent:
+        raise RunsNotSent(
+            unsent,
+            f"Redis is unavailable: {len(unsent)} run(s) are saved and queued, and start once "
+            f"Redis is back; {repeat}",
+        )
+
+
+class SendLog:
+    """A `send` that keeps each batch it was given with what it answered, for `ensure_all_sent`
+    once a service that sends batch by batch (the scheduling pass, which sends on a helper
+    thread while it claims the next batch, and ignores the answers) has returned."""
+
+    def __init__(self, send: Callable[[Sequence[Dispatch]], Sent]) -> None:
+        self._send = send
+        self._lock = threading.Lock()
+        self.batches: list[tuple[Sequence[Dispatch], Sent]] = []
+
+    def __call__(self, dispatches: Sequence[Dispatch]) -> Sent:
+        sent = self._send(dispatches)
+        with self._lock:
+            self.batches.append((dispatches, sent))
+        return sent

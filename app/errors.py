@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 
 class AppError(Exception):
@@ -58,17 +58,28 @@ class IdempotencyKeyReused(AppError):
     code = "idempotency_key_reused"
 
 
-class RunNotSent(AppError):
-    """A run is saved and queued but its message could not reach Redis. Nothing is lost: the
-    reconciler sends it once Redis is back. The same request again would make another run."""
+class RunsNotSent(AppError):
+    """Runs are saved and queued but their messages could not reach Redis. Nothing is lost: the
+    reconciler sends them once Redis is back. `message` says so, and what the same request
+    again would do (the caller knows: another run, or none)."""
 
     code = "unavailable"
 
+    def __init__(self, run_ids: Sequence[uuid.UUID], message: str) -> None:
+        super().__init__(message)
+        self.run_ids = list(run_ids)
+
+
+class RunNotSent(RunsNotSent):
+    """The one new run of a request (a create, a run now) is saved and queued but its message
+    could not reach Redis. The same request again would make another run."""
+
     def __init__(self, task_id: uuid.UUID, run_id: uuid.UUID, status: str) -> None:
         super().__init__(
+            [run_id],
             f"Redis is unavailable: run {run_id} of task {task_id} is saved and queued, and starts "
             "once Redis is back; sending this request again makes another unless it carries the "
-            "same Idempotency-Key"
+            "same Idempotency-Key",
         )
         self.task_id = task_id
         self.run_id = run_id

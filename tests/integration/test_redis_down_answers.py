@@ -4,30 +4,17 @@ it once Redis is back. With an Idempotency-Key, the repeat the 503 invites makes
 
 from __future__ import annotations
 
-import contextlib
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis
 from sqlalchemy import func, select
 
 from app.models import Task, TaskRun
 from tests.integration.test_idempotency import ASYNC, SCHEDULED
 from tests.integration.test_reconcile import do_reconcile
-
-
-@contextlib.contextmanager
-def redis_refusing(monkeypatch):
-    """The broker's Redis refuses every enqueue while inside (the rest of the API still reaches it)."""
-    from actors import broker
-
-    def unreachable(*args, **kwargs):
-        raise redis.ConnectionError("Redis is down")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(broker.client, "pipeline", unreachable)
-        patched.setattr(broker.client, "eval", unreachable)
-        yield
+from tests.support.outage import redis_refusing
+from tests.support.scheduling import insert_tasks
 
 
 @pytest.fixture
@@ -97,3 +84,47 @@ def test_run_now_while_redis_refuses_is_503_and_its_run_is_saved(
     (run,) = _runs(session_factory)
     assert run.task_id == task_id
     _assert_saved_but_unavailable(answer, run)
+
+
+def _cron_headers(settings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {settings.cron_secret.get_secret_value()}"}
+
+
+@pytest.mark.parametrize("tasks", [1, 1_001])  # 1,001: two batches, sent on the pass's helper thread
+def test_a_cron_pass_while_redis_refuses_is_503_and_its_runs_are_saved_then_reconciled(
+    client, make_account, settings, session_factory, redis_client, monkeypatch, tasks
+):
+    account = make_account()
+    due = datetime.now(UTC) - timedelta(minutes=1)
+    task_ids = insert_tasks(session_factory, account.user_id, tasks, next_run_at=due)
+    with redis_refusing(monkeypatch):
+        answer = client.post("/api/cron/check-scheduled-tasks", headers=_cron_headers(settings))
+        assert answer.status_code == 503, answer.text
+        assert set(answer.json()) == {"error", "message"}
+        assert answer.json()["error"] == "unavailable"
+        assert int(answer.headers["Retry-After"]) > 0
+        assert f"{tasks} run(s) are saved and queued" in answer.json()["message"]
+        runs = _runs(session_factory)
+        assert sorted(run.task_id for run in runs) == sorted(task_ids)
+        assert {(run.status, run.trigger) for run in runs} == {("queued", "schedule")}
+        # The tick happened: the retry that Retry-After invites finds nothing due, makes nothing.
+        again = client.post("/api/cron/check-scheduled-tasks", headers=_cron_headers(settings))
+        assert again.status_code == 200, again.text
+        assert again.json()["runsQueued"] == 0
+        assert len(_runs(session_factory)) == tasks
+    assert redis_client.llen("dramatiq:runs.medium") == 0
+    reconciled = do_reconcile(session_factory, redis_client)
+    assert (reconciled.lost, reconciled.sent) == (tasks, tasks)
+    assert redis_client.llen("dramatiq:runs.medium") == tasks
+
+
+def test_a_cron_pass_with_redis_up_answers_ok_and_its_run_is_on_the_queue(
+    client, make_account, settings, session_factory, redis_client
+):
+    account = make_account()
+    insert_tasks(session_factory, account.user_id, 1, next_run_at=datetime.now(UTC) - timedelta(minutes=1))
+    answer = client.post("/api/cron/check-scheduled-tasks", headers=_cron_headers(settings))
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["status"], answer.json()["runsQueued"]) == ("ok", 1)
+    assert redis_client.llen("dramatiq:runs.medium") == 1
+    assert do_reconcile(session_factory, redis_client).sent == 0  # nothing left to send
