@@ -82,8 +82,12 @@ from benchmarks.inflight_model import (
     PRIORITY,
     STALE_RUNNING_S,
     THREAD_STATES,
+    WORKER_GROUP,
     Result,
     Sample,
+    Scenario,
+    baseline_scenario,
+    product_scenario,
 )
 from benchmarks.inflight_probes import (
     latencies,
@@ -93,7 +97,7 @@ from benchmarks.inflight_probes import (
     run_timeline,
     step_latency_ms,
 )
-from benchmarks.inflight_report import report
+from benchmarks.inflight_report import print_summary, report
 
 
 def _admin(sql: str, database_url: str | None = None) -> None:
@@ -134,16 +138,16 @@ def _model_stats(port: int) -> dict[str, Any]:
 
 
 def run_scenario(
-    args: argparse.Namespace, engine: Any, concurrency_env: str, database_url: str, logs: Path
+    args: argparse.Namespace, engine: Any, scenario: Scenario, database_url: str, logs: Path
 ) -> Result:
-    result = Result(f"{args.processes}x{args.threads}, AGENT_WORKER_CONCURRENCY={concurrency_env}")
+    result = Result(scenario.label, baseline=scenario.baseline)
     truncate_runs(engine)
     flush_redis()
     users = create_users(engine, args.users)
     run_ids = insert_queued_runs(engine, users, args.runs, priority=PRIORITY, timeout_ms=args.run_timeout_ms)
     send_run_messages(engine, run_ids, PRIORITY)
     port = free_port()
-    tag = f"c{concurrency_env}"
+    tag = scenario.tag
     with children() as started:
         server = Child(
             "model server",
@@ -170,10 +174,9 @@ def run_scenario(
             # the model server streams its answer over the delay when asked (the default)
             LLM_STREAM="false" if args.no_stream else "true",
         )
-        if concurrency_env != "unset":
-            env["AGENT_WORKER_CONCURRENCY"] = concurrency_env
-        module = args.worker_module
-        if args.pool_holds:
+        env.update(scenario.env)
+        module = scenario.module
+        if args.pool_holds and not scenario.baseline:
             module = pool_holds_probe(logs, module)
             env["PYTHONPATH"] = os.pathsep.join((str(logs), env.get("PYTHONPATH", "")))
         worker = dramatiq_worker(module, args.processes, args.threads, env, logs / f"worker-{tag}.log")
@@ -293,7 +296,7 @@ def _sample(engine: Any, worker: Child, port: int) -> Sample:
 
 def _cpu_groups(engine: Any, worker: Child, server: Child) -> dict[str, list[int]]:
     return {
-        "worker processes": worker_pids(worker.pid),
+        WORKER_GROUP: worker_pids(worker.pid),
         "postgres backends (this db)": pg_backend_pids(engine),
         "model server": [server.pid],
         "redis-server (shared)": redis_server_pids(),
@@ -382,6 +385,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="log how long each pooled Postgres connection stays checked out (SQLAlchemy pool events)",
     )
+    parser.add_argument(
+        "--baselines",
+        default="threads,asyncio",
+        help="same-resource baselines to run after the product (benchmarks/stream_actors.py modes)",
+    )
+    parser.add_argument(
+        "--skip-same-resource", action="store_true", help="run only the product, not the bare baselines"
+    )
     parser.add_argument("--timeline", action="store_true", help="print the sampled timeline")
     parser.add_argument("--keep-database", action="store_true")
     args = parser.parse_args(argv)
@@ -415,25 +426,18 @@ def _run(args: argparse.Namespace) -> int:
     engine = make_bench_engine()
     summary: list[tuple[str, dict[str, float], Result]] = []
     try:
-        for concurrency_env in args.concurrency_env.split(","):
-            result = run_scenario(args, engine, concurrency_env.strip(), worker_url, logs)
+        scenarios = [product_scenario(args, c.strip()) for c in args.concurrency_env.split(",")]
+        if not args.skip_same_resource:
+            scenarios += [baseline_scenario(args, m.strip()) for m in args.baselines.split(",") if m.strip()]
+        for scenario in scenarios:
+            result = run_scenario(args, engine, scenario, worker_url, logs)
             summary.append((result.label, report(args, result), result))
     finally:
         engine.dispose()
         flush_redis()
         if not args.keep_database:
             _drop_everything(args)
-    print("\nsummary:")
-    for label, figures, result in summary:
-        if figures:
-            print(
-                f"  {label}: {figures['rate']:.1f} runs/s of ideal {figures['ideal']:.1f} "
-                f"({100 * figures['rate'] / figures['ideal']:.0f}%), {figures['running']:.0f} running, "
-                f"{figures['model']:.0f} model calls in flight, peak RSS "
-                f"{max(result.peak_rss_mb, default=0):.0f} MiB"
-            )
-        else:
-            print(f"  {label}: no steady state; statuses {result.statuses}")
+    print_summary(summary)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import collections
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,10 @@ GOAL_IN_FLIGHT = 512
 GOAL_SHARE_OF_IDEAL = 0.90
 GOAL_RSS_MB = 300.0
 BENCH_ROLE = "agentsched_bench"
+#: The CPU meter's group of the worker processes (the others: Postgres, model server, Redis).
+WORKER_GROUP = "worker processes"
+#: The same-resource baselines: bare actors doing a run's I/O (`STREAM_BASELINE` = threads, asyncio).
+BASELINE_MODULE = "benchmarks.stream_actors"
 PRIORITY = "medium"
 FINISHED = ("completed", "failed", "cancelled", "skipped")
 #: A run 'running' for longer than this (several times its ideal latency) is not executing.
@@ -17,7 +22,10 @@ STALE_RUNNING_S = 30
 #: What a worker thread is doing, by the first matching frame of its stack (py-spy dump).
 THREAD_STATES = (
     ("waiting for a pooled Postgres connection", "QueuePool._do_get"),
+    ("waiting for a pooled Postgres connection", "getconn (psycopg_pool"),  # the baselines
     ("in a model call", "OpenAIProvider.complete"),
+    ("in a model call", "_call (benchmarks/stream_actors"),
+    ("waiting for its coroutine on the event loop", "run_coroutine (dramatiq/asyncio"),
     ("opening a Postgres connection", "create_engine.<locals>.connect"),
     ("in a Postgres round trip", "psycopg/"),
     ("idle: no message to run", "WorkerThread.run"),
@@ -50,6 +58,8 @@ class Sample:
 @dataclass
 class Result:
     label: str
+    #: A same-resource baseline's, not the product's.
+    baseline: bool = False
     samples: list[Sample] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
     peak_rss_mb: list[float] = field(default_factory=list)
@@ -70,4 +80,27 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-# --- the role with a connection limit -------------------------------------------------------------
+# --- scenarios: the product, or a same-resource baseline ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What one scenario runs: the product (an AGENT_WORKER_CONCURRENCY value) or a baseline."""
+
+    label: str
+    tag: str
+    module: str
+    env: dict[str, str]
+    baseline: bool = False
+
+
+def product_scenario(args: argparse.Namespace, concurrency_env: str) -> Scenario:
+    env = {} if concurrency_env == "unset" else {"AGENT_WORKER_CONCURRENCY": concurrency_env}
+    label = f"{args.processes}x{args.threads}, AGENT_WORKER_CONCURRENCY={concurrency_env}"
+    return Scenario(label, f"c{concurrency_env}", args.worker_module, env)
+
+
+def baseline_scenario(args: argparse.Namespace, mode: str) -> Scenario:
+    """`benchmarks.stream_actors` in `mode`: a bare actor doing the runs' I/O on the same resources."""
+    label = f"{args.processes}x{args.threads}, same-resource baseline: bare actor, {mode}"
+    return Scenario(label, f"bare-{mode}", BASELINE_MODULE, {"STREAM_BASELINE": mode}, baseline=True)

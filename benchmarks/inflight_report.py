@@ -4,6 +4,7 @@ goes, what the worker threads do, CPU per run, RSS and connections."""
 from __future__ import annotations
 
 import argparse
+import os
 
 from benchmarks.common import (
     median,
@@ -14,6 +15,7 @@ from benchmarks.inflight_model import (
     GOAL_RSS_MB,
     GOAL_SHARE_OF_IDEAL,
     STALE_RUNNING_S,
+    WORKER_GROUP,
     Result,
     Sample,
 )
@@ -95,6 +97,7 @@ def report(args: argparse.Namespace, result: Result) -> dict[str, float]:
         )
     _report_threads(result)
     _report_cpu(result)
+    _report_budget(result, figures)
     columns = max(len(s.rss_mb) for s in samples)
     sampled = [max(s.rss_mb[i] for s in samples if len(s.rss_mb) > i) for i in range(columns)]
     print(
@@ -173,13 +176,61 @@ def _report_cpu(result: Result) -> None:
         print(f"     {1000 * cpu / runs:7.2f} ms  {name}")
     print(
         f"     {1000 * total / runs:7.2f} ms  total = {total / seconds:.2f} of the machine's "
-        f"2 cores busy with this benchmark"
+        f"{os.cpu_count()} cores busy with this benchmark"
     )
     if result.sessions_opened:
         print(
             f"   Postgres connections opened in the steady state: {result.sessions_opened:,} "
             f"({result.sessions_opened / runs:.1f} a run: pool overflow connections closed and reopened)"
         )
+
+
+def _report_budget(result: Result, figures: dict[str, float]) -> None:
+    """What the workers could spend a run at the goal's rate, given what the rest costs a run here.
+
+    The rest (Postgres, the model server, Redis) shares the machine's cores with the workers;
+    at the goal's throughput its measured CPU a run takes that many cores, and what is left,
+    spread over the runs, is all the workers may use, with no core ever idle. A bound, read
+    at this scenario's cost per run (a busier machine may cost more or less a run)."""
+    _, runs = result.cpu_window
+    if not result.cpu_s or not runs or not figures:
+        return
+    cores = os.cpu_count() or 1
+    worker_ms = 1000 * result.cpu_s.get(WORKER_GROUP, 0.0) / runs
+    rest_ms = 1000 * sum(cpu for name, cpu in result.cpu_s.items() if name != WORKER_GROUP) / runs
+    goal_rate = GOAL_SHARE_OF_IDEAL * figures["ideal"]
+    rest_cores = goal_rate * rest_ms / 1000
+    left_ms = 1000 * (cores - rest_cores) / goal_rate
+    figures.update(worker_ms=worker_ms, rest_ms=rest_ms, left_ms=left_ms)
+    print(
+        f"   at the goal's {goal_rate:.1f} runs/s the rest ({rest_ms:.2f} ms a run: Postgres, model "
+        f"server, Redis) would keep {rest_cores:.2f} of the {cores} cores busy, leaving the workers "
+        f"at most {left_ms:.2f} ms of CPU a run (they used {worker_ms:.2f})"
+    )
+
+
+def print_summary(summary: list[tuple[str, dict[str, float], Result]]) -> None:
+    """Each scenario's figures, then the product's as a share of each same-resource baseline's."""
+    print("\nsummary:")
+    for label, figures, result in summary:
+        if figures:
+            print(
+                f"  {label}: {figures['rate']:.1f} runs/s of ideal {figures['ideal']:.1f} "
+                f"({100 * figures['rate'] / figures['ideal']:.0f}%), {figures['running']:.0f} running, "
+                f"{figures['model']:.0f} model calls in flight, worker CPU "
+                f"{figures.get('worker_ms', 0.0):.2f} ms a run, peak RSS "
+                f"{max(result.peak_rss_mb, default=0):.0f} MiB"
+            )
+        else:
+            print(f"  {label}: no steady state; statuses {result.statuses}")
+    products = [(label, figures) for label, figures, result in summary if figures and not result.baseline]
+    baselines = [(label, figures) for label, figures, result in summary if figures and result.baseline]
+    for label, figures in products:
+        for base_label, base in baselines:
+            print(
+                f"  {label} = {100 * figures['rate'] / base['rate']:.0f}% of the runs/s of "
+                f"'{base_label}' (same run)"
+            )
 
 
 def _print_timeline(samples: list[Sample]) -> None:

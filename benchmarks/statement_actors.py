@@ -21,33 +21,31 @@ from typing import Any
 import dramatiq
 import psycopg
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 
-from app.db import driver_sql
-from app.services import concurrency, credits, run_steps, runs
+from benchmarks.run_statements import (
+    CALLS,
+    CLAIM,
+    CLAIMED_ATTEMPT,
+    CLAIMED_RESERVED,
+    CLAIMED_STEPS_COMPLETED,
+    COMPLETED,
+    END,
+    ENDED_RUN_USER,
+    FINISH,
+    START,
+    claim_params,
+    end_params,
+    finish_params,
+    start_params,
+)
 
 STATEMENTS_QUEUE = "statements"
 STATEMENTS_ACTOR = "same_statements"
-CALLS = ((0, "plan", "Plan"), (1, "step", "step one"), (2, "step", "step two"), (3, "final", "Final result"))
-PROMPT_TOKENS, COMPLETION_TOKENS = 11, 7
+OFFLINE_OUTPUT = "[offline provider: no model was called] a short answer"
 
-broker = RedisBroker(url=os.environ["REDIS_URL"])
+broker = RedisBroker(url=os.environ["REDIS_URL"])  # type: ignore[no-untyped-call]
 dramatiq.set_broker(broker)
 _local = threading.local()
-
-
-_DIALECT = psycopg_dialect.dialect()
-
-
-def _psycopg_sql(statement: Any) -> str:
-    """The product's statement as psycopg's SQL text, compiled as the worker compiles it."""
-    return driver_sql(statement, _DIALECT)
-
-
-CLAIM, FINISH = _psycopg_sql(runs._CLAIM), _psycopg_sql(runs._FINISH)
-START, END = _psycopg_sql(run_steps._START), _psycopg_sql(run_steps._END)
-COMPLETED = _psycopg_sql(run_steps._COMPLETED_OUTPUTS)
-ENDED_RUN_USER = _psycopg_sql(concurrency._ENDED_RUN_USER)
 
 
 def _connection() -> psycopg.Connection[Any]:
@@ -62,62 +60,16 @@ def _connection() -> psycopg.Connection[Any]:
 def same_statements(run_id: str) -> None:
     conn = _connection()
     now = datetime.now(UTC)
-    reservation = credits.reservation(20_000, 1_000)
-    claimed = conn.execute(
-        CLAIM,
-        {
-            "run_id": uuid.UUID(run_id),
-            "now": now,
-            "lease_ms": 30_000,
-            "events_channel": runs.RUN_EVENTS_CHANNEL,
-            "amount": reservation,
-            "period": credits.month_of(now),
-        },
-    ).fetchone()
+    run = uuid.UUID(run_id)
+    claimed = conn.execute(CLAIM, claim_params(run, now)).fetchone()
     if claimed is None:
         return
-    attempt, reserved, steps_completed = claimed[4], claimed[7], claimed[15]
-    base = {"run_id": uuid.UUID(run_id), "attempt": attempt, "channel": runs.RUN_EVENTS_CHANNEL}
-    if steps_completed:  # as the product: completed steps are read only when there are some
-        conn.execute(COMPLETED, {"run_id": uuid.UUID(run_id)}).fetchall()
-    for index, kind, title in CALLS:
-        conn.execute(START, {**base, "index": index, "kind": kind, "title": title, "model": None, "now": now})
-        conn.execute(
-            END,
-            {
-                **base,
-                "index": index,
-                "status": "completed",
-                "model": "offline-deterministic-v1",
-                "prompt_tokens": PROMPT_TOKENS,
-                "completion_tokens": COMPLETION_TOKENS,
-                "cached_tokens": 0,
-                "usage_estimated": False,
-                "latency_ms": 0,
-                "waited_ms": 0,
-                "output": "[offline provider: no model was called] a short answer",
-                "error": None,
-                "now": now,
-            },
-        )
-    tokens = len(CALLS) * (PROMPT_TOKENS + COMPLETION_TOKENS)
-    conn.execute(
-        FINISH,
-        {
-            "run_id": uuid.UUID(run_id),
-            "attempt": attempt,
-            "status": "completed",
-            "now": now,
-            "tokens": tokens,
-            "attempt_tokens": tokens,
-            "over_budget": 0,
-            "charge": credits.charge_for(tokens, 1_000, reserved),
-            "reserved": reserved,
-            "period": credits.month_of(now),
-            "result": "done",
-            "error": None,
-            "channel": runs.RUN_FINISHED_CHANNEL,
-        },
-    ).fetchall()
+    attempt, reserved = claimed[CLAIMED_ATTEMPT], claimed[CLAIMED_RESERVED]
+    if claimed[CLAIMED_STEPS_COMPLETED]:  # as the product: completed steps are read only when there are some
+        conn.execute(COMPLETED, {"run_id": run}).fetchall()
+    for index, kind, title, _ in CALLS:
+        conn.execute(START, start_params(run, attempt, index, kind, title, now))
+        conn.execute(END, end_params(run, attempt, index, OFFLINE_OUTPUT, "offline-deterministic-v1", 0, now))
+    conn.execute(FINISH, finish_params(run, attempt, reserved, now)).fetchall()
     # the look for the user's parked runs that the run's end may release (app.services.concurrency)
-    conn.execute(ENDED_RUN_USER, {"run_id": uuid.UUID(run_id)}).fetchall()
+    conn.execute(ENDED_RUN_USER, {"run_id": run}).fetchall()
