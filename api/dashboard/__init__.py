@@ -29,7 +29,7 @@ from api.dashboard.web import (
     csrf_config,
     expired_session_cookie,
 )
-from app.errors import AppError, Conflict, InvalidInput, NotAuthenticated, NotFound
+from app.errors import AppError, Conflict, InvalidInput, NotAuthenticated, NotFound, RunsNotSent
 from app.settings import Settings
 
 __all__ = ["dashboard_router", "template_config"]
@@ -73,13 +73,17 @@ _TITLES = {
 }
 
 
-def _error_page(request: Request[Any, Any, State], status: int, message: str) -> Response[Any]:
+def _error_page(
+    request: Request[Any, Any, State], status: int, message: str, link: tuple[str, str] | None = None
+) -> Response[Any]:
+    """The error page; `link` (path, text), when given, leads to what the message is about."""
     signed_in = request.cookies.get("agentsched_session") is not None
     context = {
         "status": status,
         "title": _TITLES.get(status, "Error"),
         "message": message,
         "signed_in": signed_in,
+        "link": link,
     }
     return Template(template_name="error.html", context=context, status_code=status, headers=SECURITY_HEADERS)
 
@@ -88,6 +92,24 @@ def _unavailable(request: Request[Any, Any, State], exc: Exception) -> Response[
     """Postgres or Redis down: the API's 503 (its log line, Retry-After), as a page."""
     answer = api_errors.unavailable_handler(request, exc)
     page = _error_page(request, 503, "The service is briefly unavailable. Try again in a few seconds.")
+    page.headers.update(answer.headers)
+    return page
+
+
+def _not_sent(request: Request[Any, Any, State], exc: RunsNotSent) -> Response[Any]:
+    """Redis refused the messages of runs just saved: the API's 503 (its log line, Retry-After),
+    as the unavailable page. Not "try again", which would queue more runs: the page says they
+    are saved and start by themselves (the reconciler sends them), and leads to the run."""
+    answer = api_errors.app_error_handler(request, exc)
+    count = len(exc.run_ids)
+    if count == 1:
+        saved = "The run is saved and queued, and starts by itself"
+        again, link = "another run", (f"{BASE_PATH}/runs/{exc.run_ids[0]}", "See the saved run")
+    else:
+        saved = f"The {count} runs are saved and queued, and start by themselves"
+        again, link = "more runs", None
+    message = f"Redis is briefly unavailable. {saved} once it is back; submitting again would queue {again}."
+    page = _error_page(request, 503, message, link)
     page.headers.update(answer.headers)
     return page
 
@@ -115,6 +137,8 @@ def _sign_in_required(request: Request[Any, Any, State], exc: SignInRequired) ->
 def _handle(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
     if isinstance(exc, SignInRequired):
         return _sign_in_required(request, exc)
+    if isinstance(exc, RunsNotSent):
+        return _not_sent(request, exc)
     if isinstance(exc, NotFound):
         return _error_page(request, 404, "There is nothing here, or it is not yours.")
     if isinstance(exc, AdminRequired):

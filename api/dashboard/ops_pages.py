@@ -16,7 +16,7 @@ from litestar.response import Template
 from api.dashboard.charts import lateness_bars, stacked_bars
 from api.dashboard.render import is_fragment_request, page
 from api.dashboard.web import BASE_PATH, admin, parse_uuid
-from api.state import ApiState, state_of
+from api.state import ApiState, ensure_all_sent, state_of
 from app.services import dashboard, run_control
 from app.services.dashboard_sessions import SignedIn
 from app.services.stats import queue_stats
@@ -65,14 +65,17 @@ def _run_ids(values: list[str]) -> list[uuid.UUID]:
 
 @post(f"{BASE_PATH}/operations/retry", dependencies=ADMIN, include_in_schema=False)
 async def bulk_retry(request: Request[Any, Any, State], user: NamedDependency[SignedIn]) -> Template:
-    """Retry the chosen failed runs (any user's): a new run of each one's task."""
+    """Retry the chosen failed runs (any user's): a new run of each one's task. When Redis
+    refuses their messages, the 503 page says the new runs are saved (the reconciler sends them)
+    rather than a summary that says they were retried as if on their way."""
     state = state_of(request)
     run_ids = _run_ids((await request.form()).getall("run_id", []))
 
     def retry() -> Template:
         with state.session_factory.begin() as session:
             result = run_control.bulk_retry(session, run_ids, now=state.clock.now())
-        state.send(result.dispatches)
+        sent = state.send(result.dispatches)
+        ensure_all_sent([(result.dispatches, sent)], repeat="retrying them again queues another run of each")
         summary = ("retried", result)
         return page("operations.html", _context(state, user, None, result=summary))
 

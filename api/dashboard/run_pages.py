@@ -17,7 +17,7 @@ from markupsafe import escape
 
 from api.dashboard.render import is_fragment_request, page
 from api.dashboard.web import BASE_PATH, signed_in
-from api.state import ApiState, state_of
+from api.state import ApiState, ensure_sent, state_of
 from app.services import dashboard, run_control
 from app.services.dashboard_sessions import SignedIn
 from app.services.run_stream import RunEvent, Snapshot, parse_event_id, read_watched
@@ -110,11 +110,12 @@ async def _page_events(events: AsyncIterator[RunEvent | None]) -> AsyncIterator[
 def retry_run(
     request: Request[Any, Any, State], user: NamedDependency[SignedIn], run_id: FromPath[uuid.UUID]
 ) -> Redirect:
-    """A new run of the failed run's task; the browser goes to it."""
+    """A new run of the failed run's task; the browser goes to it (or, when Redis refuses its
+    message, to the 503 page that says it is saved and leads to it: the reconciler sends it)."""
     state = state_of(request)
     with state.session_factory.begin() as session:
         run, dispatch = run_control.retry_run(session, user.user_id, run_id, now=state.clock.now())
-    state.send([dispatch])
+    ensure_sent([dispatch], state.send([dispatch]), run.task_id, run.status)
     return Redirect(f"{BASE_PATH}/runs/{run.id}", status_code=303)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from api.dashboard.render import is_fragment_request, page
 from api.dashboard.web import BASE_PATH, signed_in
-from api.state import ApiState, state_of
+from api.state import ApiState, ensure_sent, state_of
 from app.errors import InvalidInput
 from app.services import dashboard, task_control
 from app.services.dashboard_sessions import SignedIn
@@ -138,7 +138,11 @@ def _form_payload(form: Mapping[str, str], errors: dict[str, str]) -> dict[str, 
 async def create_task_from_form(
     request: Request[Any, Any, State], user: NamedDependency[SignedIn]
 ) -> Template | Redirect:
-    """Create a task from the form: run it now, or schedule it; the form again with its errors."""
+    """Create a task from the form: run it now, or schedule it; the form again with its errors.
+
+    A run whose message Redis refused is saved and queued all the same (the reconciler sends it):
+    the dashboard's 503 page says so, as the API's 503 does (`ensure_sent`).
+    """
     state = state_of(request)
     form = {name: str(value) for name, value in (await request.form()).items()}
     errors: dict[str, str] = {}
@@ -162,7 +166,8 @@ async def create_task_from_form(
     def store() -> uuid.UUID:
         with state.session_factory.begin() as session:
             created = create_task(session, user.user_id, parsed, state.clock.now())
-        state.send_recorded(created.dispatches)
+        sent = state.send_recorded(created.dispatches)  # after commit: the row exists before its message
+        ensure_sent(created.dispatches, sent, created.task_id, created.status)
         return created.task_id
 
     task_id = await anyio.to_thread.run_sync(store)
@@ -194,7 +199,8 @@ def task_page(
 
 
 #: A task action, done in one transaction: (session, state, user, task id) -> its result. Run
-#: now's result is (run, dispatch), its message sent after the commit.
+#: now's result is (run, dispatch), its message sent after the commit; Redis refusing it shows
+#: the 503 page, as the API's run now answers 503 (the run is saved; the reconciler sends it).
 Action = Callable[[Session, ApiState, SignedIn, uuid.UUID], Any]
 
 
@@ -205,7 +211,8 @@ def _task_action(
     with state.session_factory.begin() as session:
         result = act(session, state, user, task_id)
     if isinstance(result, tuple):  # run now: (run, dispatch), sent after the commit
-        state.send([result[1]])
+        run, dispatch = result
+        ensure_sent([dispatch], state.send([dispatch]), task_id, run.status)
     return Redirect(f"{BASE_PATH}/tasks/{task_id}", status_code=303)
 
 
