@@ -54,29 +54,21 @@ def claim_params(run_id: uuid.UUID, now: datetime, lease_ms: int = 30_000) -> di
     }
 
 
+def _step_key(run_id: uuid.UUID, attempt: int, index: int) -> dict[str, Any]:
+    return {"run_id": run_id, "attempt": attempt, "channel": runs.RUN_EVENTS_CHANNEL, "index": index}
+
+
 def start_params(
     run_id: uuid.UUID, attempt: int, index: int, kind: str, title: str, now: datetime
 ) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "attempt": attempt,
-        "channel": runs.RUN_EVENTS_CHANNEL,
-        "index": index,
-        "kind": kind,
-        "title": title,
-        "model": None,
-        "now": now,
-    }
+    return {**_step_key(run_id, attempt, index), "kind": kind, "title": title, "model": None, "now": now}
 
 
 def end_params(
     run_id: uuid.UUID, attempt: int, index: int, output: str, model: str, latency_ms: int, now: datetime
 ) -> dict[str, Any]:
     return {
-        "run_id": run_id,
-        "attempt": attempt,
-        "channel": runs.RUN_EVENTS_CHANNEL,
-        "index": index,
+        **_step_key(run_id, attempt, index),
         "status": "completed",
         "model": model,
         "prompt_tokens": PROMPT_TOKENS,

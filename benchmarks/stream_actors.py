@@ -57,6 +57,13 @@ from benchmarks.run_statements import (
 
 MODE = os.environ.get("STREAM_BASELINE", "threads")
 POOL_CONNECTIONS = 16
+#: Both pools: a fixed 16 autocommit connections, opened by the first run.
+POOL_OPTIONS: dict[str, Any] = {
+    "min_size": POOL_CONNECTIONS,
+    "max_size": POOL_CONNECTIONS,
+    "kwargs": {"autocommit": True},
+    "open": False,
+}
 FLUSH_S = 0.25
 MODEL = "bench-model"
 
@@ -138,13 +145,7 @@ if MODE == "threads":
     import redis
     from psycopg_pool import ConnectionPool
 
-    _pool = ConnectionPool(
-        _DATABASE,
-        min_size=POOL_CONNECTIONS,
-        max_size=POOL_CONNECTIONS,
-        kwargs={"autocommit": True},
-        open=False,
-    )
+    _pool = ConnectionPool(_DATABASE, **POOL_OPTIONS)
     _pool_lock = threading.Lock()
     _redis = redis.Redis(
         connection_pool=redis.BlockingConnectionPool.from_url(
@@ -232,13 +233,7 @@ if MODE == "asyncio":
             _Loop.lock = asyncio.Lock()
         async with _Loop.lock:
             if _Loop.pool is None:
-                pool = AsyncConnectionPool(
-                    _DATABASE,
-                    min_size=POOL_CONNECTIONS,
-                    max_size=POOL_CONNECTIONS,
-                    kwargs={"autocommit": True},
-                    open=False,
-                )
+                pool = AsyncConnectionPool(_DATABASE, **POOL_OPTIONS)
                 await pool.open(wait=True)
                 _Loop.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1_000))
                 _Loop.redis = aredis.Redis(
