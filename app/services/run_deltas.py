@@ -47,6 +47,8 @@ DELTA_TTL_S = 3_600
 DELTA_EXPIRY_REFRESH_S = 60.0
 #: How long `flush` and `end_attempt` wait for the flusher at most (Redis hung: go on without).
 DELTA_WAIT_S = 2.0
+#: The flusher's pause after each round, for more waiting runs to share the next one.
+DELTA_COALESCE_S = 0.002
 
 
 def deltas_key(run_id: uuid.UUID | str) -> str:
@@ -237,6 +239,10 @@ class DeltaPublisher:
                 with self._lock:
                     self._rounds_done = round_number
                     self._release_waiters()
+            # Let the steps ending meanwhile gather for the next round: a round a step's end cost
+            # a Redis round trip and two thread switches each. runs_throughput in turns (2 x 8
+            # threads, offline): 102 / 98 -> 107 / 102 runs/s, worker 9.3 / 9.5 -> 8.8 / 9.2 ms a run.
+            time.sleep(DELTA_COALESCE_S)
 
     def _next_round(self) -> list[tuple[uuid.UUID, _Buffer]] | None:
         """Wait for due runs or the next tick; the runs to look at. None: closed and drained.
